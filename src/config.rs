@@ -1,0 +1,234 @@
+//! The sidecar's validated settings. Raw flags and environment variables
+//! (see [`crate::cli`]) become a [`Config`] here, in one place, so every
+//! cross-setting rule (the lease must outlast the request timeout, ...) is
+//! checked once, before anything connects.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::retry::{self, RetryPolicy, ScheduleError};
+
+/// Defaults, shared by the CLI's `--help` and [`Config::new`].
+pub mod defaults {
+    /// Safety-net poll for scheduled retries, `deliver_after` and missed
+    /// wake-ups.
+    pub const POLL_INTERVAL: &str = "5s";
+    /// How long a claim holds a delivery before another replica may take it.
+    pub const LEASE: &str = "60s";
+    /// Whole-request timeout (connect, send, response, body).
+    pub const REQUEST_TIMEOUT: &str = "15s";
+    /// TCP + TLS connect timeout.
+    pub const CONNECT_TIMEOUT: &str = "5s";
+    /// How long shutdown waits for in-flight requests before releasing them.
+    pub const SHUTDOWN_GRACE: &str = "20s";
+    /// Most rows one claim statement takes.
+    pub const BATCH_SIZE: usize = 100;
+    /// Most HTTP requests in flight per sidecar.
+    pub const CONCURRENCY: usize = 64;
+}
+
+/// The lease must outlast the request timeout by at least this much, so an
+/// outcome is written before another replica may re-claim the row.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How the sidecar learns that new rows exist (the state poll runs in every
+/// mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wakeup {
+    /// `LISTEN` on the channel that the insert trigger notifies.
+    Notify,
+    /// The state poll alone.
+    Poll,
+}
+
+/// A database connection string whose `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a libpq-style URL or key=value string.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The full string, for connecting. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match redacted(&self.0) {
+            Some(described) => write!(f, "{described}"),
+            None => f.write_str("<unparsable database url>"),
+        }
+    }
+}
+
+/// Parses a connection string and describes it without its password.
+fn redacted(url: &str) -> Option<String> {
+    let config: tokio_postgres::Config = url.parse().ok()?;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    Some(format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    ))
+}
+
+/// Everything `outboxd run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the outbox lives.
+    pub database_url: DatabaseUrl,
+    /// How new rows are noticed between polls.
+    pub wakeup: Wakeup,
+    /// The safety-net state poll; new rows normally arrive by wake-up.
+    pub poll_interval: Duration,
+    /// Claim lease; a crashed replica's rows are claimable after it.
+    pub lease: Duration,
+    /// Default per-request timeout (an endpoint's `timeout_ms` overrides).
+    pub request_timeout: Duration,
+    /// TCP and TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// When to retry and when to give up.
+    pub retry: RetryPolicy,
+    /// Rows per claim statement.
+    pub batch_size: usize,
+    /// HTTP requests in flight at once, across all endpoints.
+    pub concurrency: usize,
+    /// Shutdown waits this long for in-flight requests, then releases them.
+    pub shutdown_grace: Duration,
+    /// Lease owner name; unique per process so fencing can tell replicas
+    /// apart.
+    pub worker_id: String,
+}
+
+/// A setting, or a combination of settings, that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// See [`ScheduleError`].
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// The lease would expire while a request may still be running.
+    #[error(
+        "--lease ({lease:?}) must exceed --request-timeout ({timeout:?}) by at least {LEASE_MARGIN:?}, \
+         or another replica could re-send a delivery that is still in flight"
+    )]
+    LeaseTooShort {
+        /// The configured lease.
+        lease: Duration,
+        /// The configured request timeout.
+        timeout: Duration,
+    },
+    /// A count that must be positive is zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// A duration that must be positive is zero.
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
+}
+
+impl Config {
+    /// The defaults, for `database_url`.
+    pub fn new(database_url: DatabaseUrl) -> Self {
+        let parse = |text| humantime::parse_duration(text).expect("defaults are valid durations");
+        Self {
+            database_url,
+            wakeup: Wakeup::Notify,
+            poll_interval: parse(defaults::POLL_INTERVAL),
+            lease: parse(defaults::LEASE),
+            request_timeout: parse(defaults::REQUEST_TIMEOUT),
+            connect_timeout: parse(defaults::CONNECT_TIMEOUT),
+            retry: RetryPolicy::parse(retry::DEFAULT_SCHEDULE, retry::DEFAULT_MAX_RETRY_AFTER)
+                .expect("the default schedule is valid"),
+            batch_size: defaults::BATCH_SIZE,
+            concurrency: defaults::CONCURRENCY,
+            shutdown_grace: parse(defaults::SHUTDOWN_GRACE),
+            worker_id: default_worker_id(),
+        }
+    }
+
+    /// Checks the rules that span settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch_size == 0 {
+            return Err(ConfigError::Zero("--batch-size"));
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::Zero("--concurrency"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(ConfigError::ZeroDuration("--poll-interval"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("--request-timeout"));
+        }
+        if self.lease < self.request_timeout + LEASE_MARGIN {
+            return Err(ConfigError::LeaseTooShort {
+                lease: self.lease,
+                timeout: self.request_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `hostname-pid-random`: readable in `lease_owner`, unique per process.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "outboxd".to_owned());
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(DatabaseUrl::new(
+            "postgres://app:hunter2@db.internal:5432/shop",
+        ))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        config().validate().unwrap();
+        assert_eq!(config().retry.max_attempts(), 8);
+    }
+
+    #[test]
+    fn lease_must_outlast_request_timeout() {
+        let mut c = config();
+        c.lease = Duration::from_secs(16);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::LeaseTooShort { .. })
+        ));
+        c.lease = Duration::from_secs(20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_counts_are_refused() {
+        let mut c = config();
+        c.batch_size = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Zero("--batch-size")));
+    }
+
+    #[test]
+    fn database_url_debug_hides_the_password() {
+        let shown = format!("{:?}", config());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+    }
+}

@@ -1,0 +1,108 @@
+//! Schema migrations: the numbered files in `sql/migrations`, embedded in the
+//! binary and applied in order, each recorded in `outbox.schema_migrations`.
+//! Everything runs in one transaction under an advisory lock, so running
+//! `outboxd migrate` twice, or from several processes at once, is safe.
+
+use tokio_postgres::Client;
+
+use super::DbError;
+
+/// One embedded migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// The number the file name starts with.
+    pub version: i32,
+    /// The file name, for `schema_migrations` and messages.
+    pub name: &'static str,
+    /// The SQL.
+    pub sql: &'static str,
+}
+
+macro_rules! migration {
+    ($version:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $file,
+            sql: include_str!(concat!("../../sql/migrations/", $file)),
+        }
+    };
+}
+
+/// Every migration, in order. A test checks that this lists every file.
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_schema.sql"),
+    migration!(2, "0002_message_status.sql"),
+];
+
+/// Arbitrary constant key for `pg_advisory_xact_lock`: "outboxd" in ASCII.
+const MIGRATION_LOCK: i64 = 0x6f7574626f7864;
+
+/// Applies every pending migration; returns the names of those it applied.
+pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::during("starting the migration transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(DbError::during("taking the migration lock"))?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS outbox;
+         CREATE TABLE IF NOT EXISTS outbox.schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await
+    .map_err(DbError::during("creating outbox.schema_migrations"))?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM outbox.schema_migrations", &[])
+        .await
+        .map_err(DbError::during("reading outbox.schema_migrations"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut newly = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        tx.batch_execute(migration.sql)
+            .await
+            .map_err(|source| DbError::Migration {
+                name: migration.name,
+                source,
+            })?;
+        tx.execute(
+            "INSERT INTO outbox.schema_migrations (version, name) VALUES ($1, $2)",
+            &[&migration.version, &migration.name],
+        )
+        .await
+        .map_err(DbError::during("recording a migration"))?;
+        newly.push(migration.name);
+    }
+    tx.commit()
+        .await
+        .map_err(DbError::during("committing the migrations"))?;
+    Ok(newly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_in_sql_migrations_is_embedded_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(files, embedded);
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)));
+        }
+    }
+}

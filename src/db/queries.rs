@@ -1,0 +1,154 @@
+//! The sidecar's statements, one named `.sql` file each in `sql/queries`,
+//! prepared once per connection.
+
+use std::time::{Duration, SystemTime};
+
+use tokio_postgres::{Client, Statement};
+
+use super::{Db, DbError};
+use crate::delivery::{Job, Outcome, Verdict};
+
+const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
+const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
+const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
+const NEXT_DUE: &str = include_str!("../../sql/queries/deliveries_next_due.sql");
+
+/// A connection with the sidecar's statements prepared on it.
+pub struct Queries {
+    client: Client,
+    claim: Statement,
+    complete: Statement,
+    release: Statement,
+    next_due: Statement,
+}
+
+impl Queries {
+    /// Connects and prepares.
+    pub async fn connect(db: &Db) -> Result<Self, DbError> {
+        let client = db.connect().await?;
+        let prepare = |sql| client.prepare(sql);
+        let (claim, complete, release, next_due) = tokio::try_join!(
+            prepare(CLAIM),
+            prepare(COMPLETE),
+            prepare(RELEASE),
+            prepare(NEXT_DUE)
+        )
+        .map_err(DbError::during(
+            "preparing statements (has `outboxd migrate` run?)",
+        ))?;
+        Ok(Self {
+            client,
+            claim,
+            complete,
+            release,
+            next_due,
+        })
+    }
+
+    /// Whether the underlying connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Claims up to `limit` due deliveries for `owner`, leased for `lease`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Job>, DbError> {
+        let limit = limit as i64;
+        let rows = self
+            .client
+            .query(&self.claim, &[&owner, &limit, &lease.as_secs_f64()])
+            .await
+            .map_err(DbError::during("claiming deliveries"))?;
+        Ok(rows
+            .iter()
+            .map(|row| Job {
+                delivery_id: row.get("id"),
+                attempt: row.get("attempts"),
+                endpoint_id: row.get("endpoint_id"),
+                event_id: row.get("event_id"),
+                event_type: row.get("event_type"),
+                payload: row.get("payload"),
+                url: row.get("url"),
+                secrets: row.get("secrets"),
+                timeout: row
+                    .get::<_, Option<i32>>("timeout_ms")
+                    .map(|ms| Duration::from_millis(ms.max(1) as u64)),
+                headers: row.get("headers"),
+            })
+            .collect())
+    }
+
+    /// Writes attempted outcomes (not releases) for `owner`, fenced; returns
+    /// how many landed. Outcomes whose lease was lost are silently skipped.
+    pub async fn complete(&self, owner: &str, outcomes: &[&Outcome]) -> Result<usize, DbError> {
+        let n = outcomes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut retry_in = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        let mut durations = Vec::with_capacity(n);
+        let mut excerpts = Vec::with_capacity(n);
+        let mut disable = Vec::with_capacity(n);
+        for outcome in outcomes {
+            let record = outcome.record.as_ref();
+            ids.push(outcome.delivery_id);
+            attempts.push(outcome.attempt);
+            statuses.push(outcome.verdict.status());
+            retry_in.push(match outcome.verdict {
+                Verdict::Retry(delay) => delay.as_secs_f64(),
+                _ => 0.0,
+            });
+            codes.push(record.and_then(|r| r.status_code).map(i32::from));
+            errors.push(record.and_then(|r| r.error.as_deref()));
+            started.push(record.map_or_else(SystemTime::now, |r| r.started_at));
+            durations
+                .push(record.map_or(0, |r| r.duration.as_millis().min(i32::MAX as u128) as i32));
+            excerpts.push(record.and_then(|r| r.response_excerpt.as_deref()));
+            disable.push(outcome.disable_endpoint.as_deref());
+        }
+        let rows = self
+            .client
+            .query(
+                &self.complete,
+                &[
+                    &owner, &ids, &attempts, &statuses, &retry_in, &codes, &errors, &started,
+                    &durations, &excerpts, &disable,
+                ],
+            )
+            .await
+            .map_err(DbError::during("writing delivery outcomes"))?;
+        Ok(rows.len())
+    }
+
+    /// Hands claims back uncounted; returns how many were still ours.
+    pub async fn release(&self, owner: &str, claims: &[(i64, i32)]) -> Result<usize, DbError> {
+        let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
+        let rows = self
+            .client
+            .query(&self.release, &[&owner, &ids, &attempts])
+            .await
+            .map_err(DbError::during("releasing claimed deliveries"))?;
+        Ok(rows.len())
+    }
+
+    /// How long until the earliest open delivery is due (zero if overdue),
+    /// or `None` when nothing is open.
+    pub async fn next_due(&self) -> Result<Option<Duration>, DbError> {
+        let row = self
+            .client
+            .query_opt(&self.next_due, &[])
+            .await
+            .map_err(DbError::during("looking up the next due delivery"))?;
+        // 'infinity' timestamps give +inf seconds: treat as "not soon".
+        Ok(row.map(|row| {
+            Duration::try_from_secs_f64(row.get::<_, f64>(0).max(0.0)).unwrap_or(Duration::MAX)
+        }))
+    }
+}

@@ -1,0 +1,247 @@
+//! The HTTP side of an attempt: one shared `reqwest` client (keep-alive
+//! pool, connect and total timeouts, no redirects), Standard Webhooks
+//! headers, and a response read up to a cap.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+
+use super::Job;
+use super::outcome::{self, AttemptRecord, Exchange, Outcome};
+use crate::config::Config;
+use crate::retry::{RetryPolicy, parse_retry_after};
+use crate::signature::{self, Secret};
+
+/// At most this much of a response body is ever read.
+pub const RESPONSE_READ_CAP: usize = 64 * 1024;
+/// At most this much of it is stored in `attempts.response_excerpt`.
+pub const RESPONSE_EXCERPT_CAP: usize = 4 * 1024;
+
+const USER_AGENT_VALUE: &str = concat!("outboxd/", env!("CARGO_PKG_VERSION"));
+
+/// Performs attempts. Cheap to clone: the connection pool is shared.
+#[derive(Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    default_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+/// The HTTP client could not be built (TLS setup).
+#[derive(Debug, thiserror::Error)]
+#[error("building the HTTP client: {0}")]
+pub struct ClientError(#[source] reqwest::Error);
+
+impl Deliverer {
+    /// One client for the whole sidecar.
+    pub fn new(config: &Config) -> Result<Self, ClientError> {
+        // reqwest is built without a bundled crypto provider; use ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.concurrency)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(ClientError)?;
+        Ok(Self {
+            client,
+            default_timeout: config.request_timeout,
+            retry: config.retry.clone(),
+        })
+    }
+
+    /// Attempts `job` once and judges the result. Never fails: every problem
+    /// becomes part of the outcome.
+    pub async fn deliver(&self, job: &Job) -> Outcome {
+        let started_at = SystemTime::now();
+        let clock = Instant::now();
+        let (exchange, excerpt) = match self.build(job, started_at) {
+            Ok(request) => {
+                self.send(request, job.timeout.unwrap_or(self.default_timeout))
+                    .await
+            }
+            Err(error) => (Exchange::Invalid { error }, None),
+        };
+        let judgement = outcome::judge(&self.retry, job.attempt.max(1) as u32, &exchange);
+        let status_code = match exchange {
+            Exchange::Answered { status, .. } => Some(status),
+            _ => None,
+        };
+        Outcome {
+            delivery_id: job.delivery_id,
+            attempt: job.attempt,
+            endpoint_id: job.endpoint_id.clone(),
+            verdict: judgement.verdict,
+            record: Some(AttemptRecord {
+                started_at,
+                duration: clock.elapsed(),
+                status_code,
+                error: judgement.error,
+                response_excerpt: excerpt,
+            }),
+            disable_endpoint: judgement.disable_endpoint,
+        }
+    }
+
+    fn build(&self, job: &Job, now: SystemTime) -> Result<reqwest::RequestBuilder, String> {
+        let secrets = job
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                Secret::parse(text).map_err(|e| format!("endpoint secret #{}: {e}", i + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = reqwest::Url::parse(&job.url).map_err(|e| format!("endpoint url: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "endpoint url: scheme {:?} is not http or https",
+                url.scheme()
+            ));
+        }
+        let timestamp = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signature = signature::sign(&secrets, &job.event_id, timestamp, job.payload.as_bytes());
+
+        let mut headers = extra_headers(&job.headers)?;
+        let webhook = [
+            ("webhook-id", job.event_id.as_str()),
+            ("webhook-timestamp", &timestamp.to_string()),
+            ("webhook-signature", &signature),
+        ];
+        for (name, value) in webhook {
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("{name} contains characters not allowed in a header"))?;
+            headers.insert(HeaderName::from_static(name), value);
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        Ok(self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(job.payload.clone()))
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> (Exchange, Option<String>) {
+        let mut response = match request.timeout(timeout).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return (
+                    Exchange::Failed {
+                        error: describe(&error, timeout),
+                    },
+                    None,
+                );
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let excerpt = read_excerpt(&mut response).await;
+        (
+            Exchange::Answered {
+                status,
+                retry_after,
+            },
+            excerpt,
+        )
+    }
+}
+
+/// Reads at most [`RESPONSE_READ_CAP`] bytes and keeps the first
+/// [`RESPONSE_EXCERPT_CAP`]. A body that fails midway keeps what arrived:
+/// the status line already decided the outcome.
+async fn read_excerpt(response: &mut reqwest::Response) -> Option<String> {
+    let mut kept = Vec::new();
+    let mut read = 0usize;
+    while read < RESPONSE_READ_CAP {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                let room = RESPONSE_EXCERPT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    // Postgres text cannot hold NUL; the cut may split a UTF-8 character.
+    Some(String::from_utf8_lossy(&kept).replace('\0', "\u{fffd}"))
+}
+
+/// Endpoint headers from `endpoints.headers`; `webhook-*`, content type and
+/// user agent are ours and are set after these, so they cannot be replaced.
+fn extra_headers(json: &str) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+        .map_err(|_| "endpoint headers are not a JSON object".to_owned())?;
+    for (name, value) in object {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("endpoint header {name:?} is not a valid header name"))?;
+        let serde_json::Value::String(value) = value else {
+            return Err(format!("endpoint header {name:?} must be a string"));
+        };
+        // The value is not echoed: it may be a credential.
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("endpoint header {name:?} has an invalid value"))?;
+        headers.insert(header, value);
+    }
+    Ok(headers)
+}
+
+/// A transport error as one line, without the URL (it may carry a token).
+fn describe(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("timed out after {}", humantime::format_duration(timeout));
+    }
+    let kind = if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_headers_accept_strings_and_refuse_the_rest() {
+        let h = extra_headers(r#"{"authorization":"Bearer t","x-team":"a"}"#).unwrap();
+        assert_eq!(h["x-team"], "a");
+        assert!(
+            extra_headers(r#"{"x":1}"#)
+                .unwrap_err()
+                .contains("must be a string")
+        );
+        assert!(
+            extra_headers(r#"{"bad name":"v"}"#)
+                .unwrap_err()
+                .contains("not a valid header name")
+        );
+        let err = extra_headers(r#"{"x":"secret\nvalue"}"#).unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(extra_headers("[]").is_err());
+    }
+}

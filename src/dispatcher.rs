@@ -1,0 +1,229 @@
+//! The main loop: wait for a reason to look (wake-up, poll tick, the next
+//! scheduled row), claim as many due deliveries as there are free permits,
+//! and start one task per claimed row. A full claim means there is more:
+//! claim again as soon as permits free up.
+//!
+//! The dispatcher never decides *what* to deliver from a wake-up's content:
+//! eligibility is the row's state, so a missed notification only delays a
+//! row until the next poll, never loses it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::db::queries::Queries;
+use crate::db::{Backoff, Db, DbError};
+use crate::delivery::{Deliverer, Job, Outcome, Verdict};
+
+/// After an empty claim while a row is overdue (locked by another replica's
+/// claim in progress), look again this soon rather than spin.
+const OVERDUE_RECHECK: Duration = Duration::from_millis(25);
+
+/// Claims deliveries and runs them.
+pub struct Dispatcher {
+    config: Arc<Config>,
+    db: Db,
+    deliverer: Deliverer,
+    outcomes: mpsc::Sender<Outcome>,
+    wake: Arc<Notify>,
+    permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    /// Cancels in-flight requests (after the shutdown grace period).
+    hard_stop: CancellationToken,
+}
+
+impl Dispatcher {
+    /// A dispatcher whose delivery tasks run on `tasks` and report to
+    /// `outcomes`.
+    pub fn new(
+        config: Arc<Config>,
+        db: Db,
+        deliverer: Deliverer,
+        outcomes: mpsc::Sender<Outcome>,
+        wake: Arc<Notify>,
+        tasks: TaskTracker,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(config.concurrency));
+        Self {
+            config,
+            db,
+            deliverer,
+            outcomes,
+            wake,
+            permits,
+            tasks,
+            hard_stop,
+        }
+    }
+
+    /// Claims and delivers until `shutdown` fires; in-flight tasks keep
+    /// running on the tracker.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut queries = None;
+        let mut backoff = Backoff::new();
+        while !shutdown.is_cancelled() {
+            let idle = match self.drain(&mut queries, &shutdown).await {
+                Ok(idle) => {
+                    backoff.reset();
+                    idle
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "claiming failed; retrying");
+                    if error.is_connection_lost() {
+                        queries = None;
+                    }
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    /// Claims until a claim comes back short, then says how long to idle.
+    async fn drain(
+        &self,
+        queries: &mut Option<Queries>,
+        shutdown: &CancellationToken,
+    ) -> Result<Duration, DbError> {
+        if queries.as_ref().is_none_or(Queries::is_closed) {
+            *queries = Some(Queries::connect(&self.db).await?);
+        }
+        let queries = queries.as_ref().expect("connected just above");
+        let mut claimed_any = false;
+        loop {
+            let Some(mut permits) = self.free_permits(shutdown).await else {
+                return Ok(Duration::ZERO);
+            };
+            let want = permits.num_permits();
+            let jobs = queries
+                .claim(&self.config.worker_id, want, self.config.lease)
+                .await?;
+            let full = jobs.len() == want;
+            claimed_any |= !jobs.is_empty();
+            for job in jobs {
+                let permit = permits.split(1).expect("one permit per claimed row");
+                self.start(job, permit);
+            }
+            if !full {
+                break;
+            }
+        }
+        let due = queries.next_due().await?;
+        Ok(match due {
+            Some(Duration::ZERO) if !claimed_any => OVERDUE_RECHECK,
+            Some(due) => due.min(self.config.poll_interval),
+            None => self.config.poll_interval,
+        })
+    }
+
+    /// Waits for one permit, then takes every other free one up to the batch
+    /// size: never claim more rows than can start at once.
+    async fn free_permits(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        let mut permits = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            permit = self.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let more = self
+            .permits
+            .available_permits()
+            .min(self.config.batch_size.saturating_sub(1));
+        if more > 0
+            && let Ok(extra) = self.permits.clone().try_acquire_many_owned(more as u32)
+        {
+            permits.merge(extra);
+        }
+        Some(permits)
+    }
+
+    fn start(&self, job: Job, permit: OwnedSemaphorePermit) {
+        let deliverer = self.deliverer.clone();
+        let outcomes = self.outcomes.clone();
+        let hard_stop = self.hard_stop.clone();
+        self.tasks.spawn(async move {
+            let outcome = tokio::select! {
+                biased;
+                _ = hard_stop.cancelled() => release(&job),
+                outcome = deliverer.deliver(&job) => outcome,
+            };
+            log(&job, &outcome);
+            // Keep the permit until the writer has room: a stalled database
+            // stops new claims instead of piling up outcomes in memory.
+            let _ = outcomes.send(outcome).await;
+            drop(permit);
+        });
+    }
+}
+
+fn release(job: &Job) -> Outcome {
+    Outcome {
+        delivery_id: job.delivery_id,
+        attempt: job.attempt,
+        endpoint_id: job.endpoint_id.clone(),
+        verdict: Verdict::Release,
+        record: None,
+        disable_endpoint: None,
+    }
+}
+
+fn log(job: &Job, outcome: &Outcome) {
+    let record = outcome.record.as_ref();
+    let status = record.and_then(|r| r.status_code);
+    let error = record.and_then(|r| r.error.as_deref()).unwrap_or("");
+    let duration_ms = record.map_or(0, |r| r.duration.as_millis() as u64);
+    let (delivery_id, endpoint, attempt, event_type) = (
+        job.delivery_id,
+        job.endpoint_id.as_str(),
+        job.attempt,
+        job.event_type.as_str(),
+    );
+    match outcome.verdict {
+        Verdict::Delivered => {
+            tracing::debug!(
+                delivery_id,
+                endpoint,
+                attempt,
+                event_type,
+                status,
+                duration_ms,
+                "delivered"
+            )
+        }
+        Verdict::Retry(delay) => tracing::warn!(
+            delivery_id, endpoint, attempt, event_type, status, duration_ms, error,
+            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            "delivery attempt failed"
+        ),
+        Verdict::Dead => tracing::error!(
+            delivery_id,
+            endpoint,
+            attempt,
+            event_type,
+            status,
+            duration_ms,
+            error,
+            "delivery is dead: no attempts left or not deliverable"
+        ),
+        Verdict::Release => {
+            tracing::info!(
+                delivery_id,
+                endpoint,
+                attempt,
+                "released unfinished delivery at shutdown"
+            )
+        }
+    }
+    if let Some(reason) = &outcome.disable_endpoint {
+        tracing::warn!(endpoint, reason, "disabling endpoint");
+    }
+}

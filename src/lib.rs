@@ -1,0 +1,39 @@
+//! outboxd turns rows that an application INSERTs into a PostgreSQL outbox
+//! table, inside its own transaction, into signed webhooks (Standard
+//! Webhooks, HMAC-SHA256) delivered at least once, and writes every outcome
+//! back to PostgreSQL so that status is one `SELECT` away.
+//!
+//! The library is the sidecar itself (run it in-process with
+//! [`sidecar::run`]) and the signing code that Rust receivers can reuse
+//! ([`signature`]).
+//!
+//! # Layout
+//! - [`cli`]: command-line definitions and the glue to the library;
+//! - [`config`]: validated settings;
+//! - [`db`]: connections, embedded migrations (`sql/migrations`) and the
+//!   named queries (`sql/queries`);
+//! - [`sidecar`]: wiring and the shutdown sequence of `outboxd run`;
+//! - [`listener`]: `LISTEN` on a dedicated connection, with reconnects;
+//! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;
+//! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
+//! - [`writer`]: fenced, batched outcome write-back;
+//! - [`retry`]: the retry schedule, jitter and `Retry-After`;
+//! - [`signature`]: Standard Webhooks signing and verification;
+//! - [`embedded`]: throwaway PostgreSQL and loopback receiver for the demo,
+//!   the benchmark and the tests;
+//! - [`demo`]: `outboxd demo`.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod delivery;
+pub mod demo;
+pub mod dispatcher;
+pub mod embedded;
+pub mod listener;
+pub mod retry;
+pub mod sidecar;
+pub mod signature;
+pub mod writer;

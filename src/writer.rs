@@ -1,0 +1,122 @@
+//! Writing outcomes back in batches. Delivery tasks hand their [`Outcome`]s
+//! to one writer over a bounded channel; the writer takes whatever has
+//! queued up (up to [`MAX_BATCH`]) and stores it in one fenced statement,
+//! so under load many outcomes share a round trip and at low load none
+//! waits for a timer.
+//!
+//! If the database is unreachable the writer keeps the batch and retries
+//! with backoff; the bounded channel then pushes back on delivery tasks,
+//! which stops new claims. Only when told to give up (shutdown deadline)
+//! does it drop outcomes, and then the leases expire and the deliveries are
+//! sent again: at least once, never lost.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::queries::Queries;
+use crate::db::{Backoff, Db, DbError};
+use crate::delivery::{Outcome, Verdict};
+
+/// Most outcomes written by one statement.
+pub const MAX_BATCH: usize = 512;
+
+/// Stores outcomes for one lease owner.
+pub struct Writer {
+    db: Db,
+    owner: String,
+    outcomes: mpsc::Receiver<Outcome>,
+    /// Nudged when a retry or release may make a row due soon.
+    wake: Arc<Notify>,
+}
+
+impl Writer {
+    /// A writer fed by `outcomes`.
+    pub fn new(
+        db: Db,
+        owner: String,
+        outcomes: mpsc::Receiver<Outcome>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            db,
+            owner,
+            outcomes,
+            wake,
+        }
+    }
+
+    /// Writes until every sender is gone and the queue is empty, or until
+    /// `give_up` fires while the database is unreachable.
+    pub async fn run(mut self, give_up: CancellationToken) {
+        let mut queries = None;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while self.outcomes.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            if !self.flush(&mut queries, &batch, &give_up).await {
+                tracing::error!(
+                    outcomes = batch.len(),
+                    "gave up writing outcomes; their leases will expire and they will be retried"
+                );
+            }
+            batch.clear();
+        }
+    }
+
+    /// Writes one batch, retrying until it lands or `give_up` fires.
+    async fn flush(
+        &self,
+        queries: &mut Option<Queries>,
+        batch: &[Outcome],
+        give_up: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.write(queries, batch).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::warn!(%error, outcomes = batch.len(), "writing outcomes failed; retrying");
+                    if error.is_connection_lost() {
+                        *queries = None;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = give_up.cancelled() => return false,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn write(&self, queries: &mut Option<Queries>, batch: &[Outcome]) -> Result<(), DbError> {
+        if queries.as_ref().is_none_or(Queries::is_closed) {
+            *queries = Some(Queries::connect(&self.db).await?);
+        }
+        let queries = queries.as_ref().expect("connected just above");
+        let (released, attempted): (Vec<&Outcome>, Vec<&Outcome>) =
+            batch.iter().partition(|o| o.verdict == Verdict::Release);
+        if !attempted.is_empty() {
+            let written = queries.complete(&self.owner, &attempted).await?;
+            if written < attempted.len() {
+                tracing::warn!(
+                    lost = attempted.len() - written,
+                    "some outcomes were not written: their lease had expired and another claim owns them"
+                );
+            }
+        }
+        if !released.is_empty() {
+            let claims: Vec<(i64, i32)> = released
+                .iter()
+                .map(|o| (o.delivery_id, o.attempt))
+                .collect();
+            queries.release(&self.owner, &claims).await?;
+        }
+        if batch
+            .iter()
+            .any(|o| matches!(o.verdict, Verdict::Retry(_) | Verdict::Release))
+        {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
