@@ -2,13 +2,20 @@
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal as _;
+
 use clap::Parser as _;
-use outboxd::cli::{Cli, LogFormat};
+use outboxd::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo narrates on stdout; only problems belong on stderr there.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -1,1 +1,10 @@
+//! Integration tests: the real sidecar against a real PostgreSQL and real
+//! HTTP receivers on 127.0.0.1. See `common` for the harness.
 
+mod common;
+
+mod claiming;
+mod delivery;
+mod migrations;
+mod retries;
+mod shutdown;

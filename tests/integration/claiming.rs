@@ -1,0 +1,260 @@
+//! Claims: batch limits, lease expiry and fencing, concurrent sidecars.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use outboxd::config::DatabaseUrl;
+use outboxd::db::Db;
+use outboxd::db::queries::Queries;
+use outboxd::delivery::{AttemptRecord, Outcome, Verdict};
+use outboxd::signature::Secret;
+
+use crate::common::*;
+
+async fn queries(db: &TestDb) -> Queries {
+    Queries::connect(&Db::new(&DatabaseUrl::new(db.url.clone())).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn insert_many(db: &TestDb, n: i32) {
+    db.client
+        .execute(
+            "INSERT INTO outbox.messages (event_id, event_type, payload)
+             SELECT 'evt-' || g, 't', jsonb_build_object('n', g) FROM generate_series(1, $1) g",
+            &[&n],
+        )
+        .await
+        .unwrap();
+}
+
+fn outcome(delivery_id: i64, attempt: i32, verdict: Verdict, status: u16) -> Outcome {
+    Outcome {
+        delivery_id,
+        attempt,
+        endpoint_id: "e".into(),
+        verdict,
+        record: Some(AttemptRecord {
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(3),
+            status_code: Some(status),
+            error: (status >= 300).then(|| format!("HTTP {status}")),
+            response_excerpt: None,
+        }),
+        disable_endpoint: None,
+    }
+}
+
+#[tokio::test]
+async fn a_claim_never_takes_more_rows_than_its_batch() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    insert_many(&db, 25).await;
+    let q = queries(&db).await;
+    let lease = Duration::from_secs(60);
+
+    let first = q.claim("w", 10, lease).await.unwrap();
+    let second = q.claim("w", 10, lease).await.unwrap();
+    let third = q.claim("w", 10, lease).await.unwrap();
+    let fourth = q.claim("w", 10, lease).await.unwrap();
+    assert_eq!(
+        [first.len(), second.len(), third.len(), fourth.len()],
+        [10, 10, 5, 0]
+    );
+    let mut ids: Vec<i64> = [first, second, third]
+        .concat()
+        .iter()
+        .map(|j| j.delivery_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 25, "no row claimed twice while leased");
+    assert_eq!(count_status(&db.client, "in_flight").await, 25);
+}
+
+#[tokio::test]
+async fn claims_skip_disabled_endpoints_until_re_enabled() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    insert_many(&db, 3).await;
+    db.client
+        .execute(
+            "UPDATE outbox.endpoints SET enabled = false, disabled_reason = 'maintenance'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let q = queries(&db).await;
+    assert_eq!(
+        q.claim("w", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        q.next_due().await.unwrap(),
+        None,
+        "nothing claimable is due"
+    );
+    db.client
+        .execute("UPDATE outbox.endpoints SET enabled = true", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        q.claim("w", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    insert_many(&db, 1).await;
+    let (a, b) = (queries(&db).await, queries(&db).await);
+
+    let claimed_by_a = a
+        .claim("worker-a", 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(claimed_by_a.len(), 1);
+    let job_a = &claimed_by_a[0];
+    assert_eq!(job_a.attempt, 1);
+    assert!(
+        b.claim("worker-b", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+
+    // Worker A is "stuck in a request" past its lease; B takes over.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let claimed_by_b = loop {
+        let claimed = b
+            .claim("worker-b", 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired lease was never re-claimable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let job_b = &claimed_by_b[0];
+    assert_eq!((job_b.delivery_id, job_b.attempt), (job_a.delivery_id, 2));
+    let written = b
+        .complete(
+            "worker-b",
+            &[&outcome(job_b.delivery_id, 2, Verdict::Delivered, 200)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+
+    // A finally finishes: its failure must change nothing.
+    let stale = outcome(job_a.delivery_id, 1, Verdict::Retry(Duration::ZERO), 500);
+    assert_eq!(a.complete("worker-a", &[&stale]).await.unwrap(), 0);
+    assert_eq!(
+        a.release("worker-a", &[(job_a.delivery_id, 1)])
+            .await
+            .unwrap(),
+        0
+    );
+    // Nor may A, by some bug, write with B's attempt number.
+    let forged = outcome(job_a.delivery_id, 2, Verdict::Dead, 500);
+    assert_eq!(a.complete("worker-a", &[&forged]).await.unwrap(), 0);
+
+    let row = db
+        .client
+        .query_one(
+            "SELECT status, attempts, last_status_code, lease_owner FROM outbox.deliveries",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "delivered");
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert_eq!(row.get::<_, Option<i32>>(2), Some(200));
+    assert_eq!(row.get::<_, Option<String>>(3), None);
+    let logged: Vec<i32> = db
+        .client
+        .query("SELECT attempt FROM outbox.attempts", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(logged, [2], "only the owner's attempt is logged");
+}
+
+#[tokio::test]
+async fn two_sidecars_deliver_ten_thousand_messages_exactly_once() {
+    let db = fresh_db().await;
+    let secret = Secret::generate();
+    let receiver = ok_receiver(Some(&secret)).await;
+    add_endpoint(&db.client, "e", &receiver.url(), None, &secret).await;
+    let mut first = config(&db);
+    first.worker_id = "replica-1".into();
+    let mut second = config(&db);
+    second.worker_id = "replica-2".into();
+    let sidecars = [spawn(first), spawn(second)];
+
+    insert_many(&db, 10_000).await;
+    assert!(
+        receiver
+            .wait_until(Duration::from_secs(120), |r| r.len() >= 10_000)
+            .await,
+        "only {} of 10000 arrived",
+        receiver.count()
+    );
+    assert!(wait_settled(&db.client, Duration::from_secs(60)).await);
+    for sidecar in sidecars {
+        sidecar.stop().await;
+    }
+
+    let got = receiver.received();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for r in &got {
+        *per_id.entry(r.webhook_id.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 10_000, "every message arrived");
+    assert!(per_id.values().all(|&n| n == 1), "none arrived twice");
+    assert!(got.iter().all(|r| r.verified == Some(Ok(()))));
+    assert_eq!(count_status(&db.client, "delivered").await, 10_000);
+    let attempts: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM outbox.attempts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 10_000);
+}

@@ -1,0 +1,266 @@
+//! Failures become retries on schedule, then `dead`; `Retry-After` counts.
+
+use std::time::Duration;
+
+use outboxd::retry::RetryPolicy;
+use outboxd::signature::Secret;
+
+use crate::common::*;
+
+async fn attempts_of(db: &TestDb, event_id: &str) -> Vec<(i32, Option<i32>, Option<String>)> {
+    db.client
+        .query(
+            "SELECT a.attempt, a.status_code, a.error
+             FROM outbox.attempts a JOIN outbox.message_status s ON s.delivery_id = a.delivery_id
+             WHERE s.event_id = $1 ORDER BY a.attempt",
+            &[&event_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn status_of(db: &TestDb, event_id: &str) -> (String, i32, Option<i32>, Option<String>) {
+    let r = db
+        .client
+        .query_one(
+            "SELECT status, attempts, last_status_code, last_error FROM outbox.message_status WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+#[tokio::test]
+async fn fails_twice_then_succeeds_with_the_same_webhook_id() {
+    let db = fresh_db().await;
+    let receiver = Receiver::start(None, |r| {
+        if r.nth <= 2 {
+            Reply::status(500).body("database is on fire")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await
+    .unwrap();
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let sidecar = spawn(config(&db));
+    insert_message(&db.client, "flaky", "t", "{}").await;
+    assert!(receiver.wait_until(WAIT, |r| r.len() == 3).await);
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    let got = receiver.received();
+    assert!(
+        got.iter().all(|r| r.webhook_id == "flaky"),
+        "same webhook-id on every attempt"
+    );
+    assert_eq!(
+        status_of(&db, "flaky").await,
+        ("delivered".into(), 3, Some(200), None)
+    );
+    let attempts = attempts_of(&db, "flaky").await;
+    assert_eq!(
+        attempts,
+        [
+            (1, Some(500), Some("HTTP 500".into())),
+            (2, Some(500), Some("HTTP 500".into())),
+            (3, Some(200), None)
+        ]
+    );
+    let excerpt: String = db
+        .client
+        .query_one(
+            "SELECT response_excerpt FROM outbox.attempts WHERE attempt = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(excerpt, "database is on fire");
+}
+
+#[tokio::test]
+async fn always_failing_receiver_ends_dead_after_the_last_attempt() {
+    let db = fresh_db().await;
+    let receiver = Receiver::start(None, |_| Reply::status(502)).await.unwrap();
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let sidecar = spawn(config(&db)); // three attempts
+    insert_message(&db.client, "doomed", "t", "{}").await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    assert_eq!(receiver.count(), 3);
+    assert_eq!(
+        status_of(&db, "doomed").await,
+        ("dead".into(), 3, Some(502), Some("HTTP 502".into()))
+    );
+    assert_eq!(attempts_of(&db, "doomed").await.len(), 3);
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried_and_recorded() {
+    let db = fresh_db().await;
+    // Bind then drop: nothing listens on this port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    add_endpoint(
+        &db.client,
+        "e",
+        &format!("http://127.0.0.1:{port}/"),
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    let sidecar = spawn(config(&db));
+    insert_message(&db.client, "nobody-home", "t", "{}").await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    let (status, attempts, code, error) = status_of(&db, "nobody-home").await;
+    assert_eq!((status.as_str(), attempts, code), ("dead", 3, None));
+    let error = error.unwrap();
+    assert!(error.starts_with("connection failed"), "{error}");
+    assert!(!error.contains("http://"), "no URL in errors: {error}");
+}
+
+#[tokio::test]
+async fn timeouts_are_retried_and_recorded() {
+    let db = fresh_db().await;
+    let receiver = Receiver::start(None, |r| {
+        if r.nth == 1 {
+            Reply::ok().delay(Duration::from_secs(3))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await
+    .unwrap();
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    db.client
+        .execute("UPDATE outbox.endpoints SET timeout_ms = 300", &[])
+        .await
+        .unwrap();
+    let sidecar = spawn(config(&db));
+    insert_message(&db.client, "slow", "t", "{}").await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    let attempts = attempts_of(&db, "slow").await;
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].1, None);
+    assert_eq!(attempts[0].2.as_deref(), Some("timed out after 300ms"));
+    assert_eq!(attempts[1], (2, Some(200), None));
+}
+
+#[tokio::test]
+async fn retry_after_on_429_is_honoured() {
+    let db = fresh_db().await;
+    let receiver = Receiver::start(None, |r| {
+        if r.nth == 1 {
+            Reply::status(429).header("retry-after", "1")
+        } else {
+            Reply::ok()
+        }
+    })
+    .await
+    .unwrap();
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let mut config = config(&db);
+    // Without Retry-After the retry would be immediate.
+    config.retry = RetryPolicy::parse("0s,0s,0s", Duration::from_secs(60)).unwrap();
+    let sidecar = spawn(config);
+    insert_message(&db.client, "busy", "t", "{}").await;
+    assert!(receiver.wait_until(WAIT, |r| r.len() == 2).await);
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    let got = receiver.received();
+    let gap = got[1].at.duration_since(got[0].at).unwrap();
+    assert!(
+        gap >= Duration::from_secs(1),
+        "retried after {gap:?}, before Retry-After"
+    );
+    assert!(gap < Duration::from_secs(5), "retried only after {gap:?}");
+    assert_eq!(status_of(&db, "busy").await.0, "delivered");
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_and_keeps_its_deliveries_pending() {
+    let db = fresh_db().await;
+    let receiver = Receiver::start(None, |_| Reply::status(410)).await.unwrap();
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let sidecar = spawn(config(&db));
+    insert_message(&db.client, "gone", "t", "{}").await;
+    assert!(
+        eventually(WAIT, || async {
+            let r = db
+                .client
+                .query_one("SELECT enabled FROM outbox.endpoints WHERE id = 'e'", &[])
+                .await
+                .unwrap();
+            !r.get::<_, bool>(0)
+        })
+        .await
+    );
+    // Stopping proves nothing else is attempted meanwhile.
+    sidecar.stop().await;
+    assert_eq!(receiver.count(), 1);
+    let (status, attempts, code, _) = status_of(&db, "gone").await;
+    assert_eq!((status.as_str(), attempts, code), ("pending", 1, Some(410)));
+    let reason: String = db
+        .client
+        .query_one("SELECT disabled_reason FROM outbox.endpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("410"), "{reason}");
+}
+
+#[tokio::test]
+async fn malformed_secret_kills_only_that_delivery() {
+    let db = fresh_db().await;
+    let receiver = ok_receiver(None).await;
+    add_endpoint(
+        &db.client,
+        "good",
+        &receiver.url(),
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    db.client
+        .execute(
+            "INSERT INTO outbox.endpoints (id, url, secrets) VALUES ('bad', $1, ARRAY['whsec_***not-base64***'])",
+            &[&receiver.url()],
+        )
+        .await
+        .unwrap();
+    let sidecar = spawn(config(&db));
+    insert_message(&db.client, "m", "t", "{}").await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    assert_eq!(receiver.count(), 1, "the good endpoint still got its POST");
+    let row = db
+        .client
+        .query_one(
+            "SELECT status, last_error FROM outbox.message_status WHERE endpoint_id = 'bad'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "dead");
+    let error: String = row.get(1);
+    assert!(error.contains("endpoint secret #1"), "{error}");
+    assert!(
+        !error.contains("not-base64"),
+        "the secret is not echoed: {error}"
+    );
+}
