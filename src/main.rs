@@ -1,8 +1,7 @@
 //! The `outboxd` binary: parse, set up logging, run, map to an exit code.
 
-use std::process::ExitCode;
-
 use std::io::IsTerminal as _;
+use std::process::ExitCode;
 
 use clap::Parser as _;
 use outboxd::cli::{Cli, Command, LogFormat};
@@ -32,11 +31,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
