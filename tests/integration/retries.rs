@@ -264,3 +264,34 @@ async fn malformed_secret_kills_only_that_delivery() {
         "the secret is not echoed: {error}"
     );
 }
+
+#[tokio::test]
+async fn huge_error_bodies_are_cut_to_the_excerpt_cap() {
+    let db = fresh_db().await;
+    let receiver = Receiver::start(None, |r| {
+        if r.nth == 1 {
+            Reply::status(500).body(vec![b'x'; 4 * 1024 * 1024])
+        } else {
+            Reply::ok()
+        }
+    })
+    .await
+    .unwrap();
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let sidecar = spawn(config(&db));
+    insert_message(&db.client, "big-answer", "t", "{}").await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    let excerpt_len: i32 = db
+        .client
+        .query_one(
+            "SELECT octet_length(response_excerpt) FROM outbox.attempts WHERE attempt = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(excerpt_len, 4096);
+    assert_eq!(status_of(&db, "big-answer").await.0, "delivered");
+}
