@@ -3,6 +3,7 @@
 //! become a validated [`Config`] here; `anyhow` is used only at this edge.
 
 use std::io::Read as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DatabaseUrl, Wakeup, defaults};
+use crate::config::{Config, DatabaseUrl, Retention, Wakeup, defaults};
 use crate::db::{self, Db};
 use crate::retry::{self, RetryPolicy};
 use crate::signature::{Secret, Verifier};
@@ -102,6 +103,27 @@ pub struct RunArgs {
     /// Lease owner name (default: hostname-pid-random); must be unique per running process.
     #[arg(long, env = "OUTBOXD_WORKER_ID")]
     worker_id: Option<String>,
+    /// Address of the admin server (/metrics, /healthz, /readyz); 0.0.0.0:9090 for Kubernetes probes.
+    #[arg(long, env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    admin_addr: SocketAddr,
+    /// Do not start the admin server.
+    #[arg(long, env = "OUTBOXD_NO_ADMIN")]
+    no_admin: bool,
+    /// Keep delivered and cancelled deliveries (and their attempts) this long.
+    #[arg(long, env = "OUTBOXD_RETENTION", default_value = defaults::RETENTION, value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Keep dead deliveries and operational events this long (they wait for replay or cancel).
+    #[arg(long, env = "OUTBOXD_DEAD_RETENTION", default_value = defaults::DEAD_RETENTION, value_parser = humantime::parse_duration)]
+    dead_retention: Duration,
+    /// Time between retention purge rounds (one replica purges at a time).
+    #[arg(long, env = "OUTBOXD_PURGE_INTERVAL", default_value = defaults::PURGE_INTERVAL, value_parser = humantime::parse_duration)]
+    purge_interval: Duration,
+    /// Never delete anything (no retention purge).
+    #[arg(long, env = "OUTBOXD_NO_PURGE")]
+    no_purge: bool,
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl RunArgs {
@@ -123,6 +145,12 @@ impl RunArgs {
                 .worker_id
                 .clone()
                 .unwrap_or_else(crate::config::default_worker_id),
+            admin_addr: (!self.no_admin).then_some(self.admin_addr),
+            retention: (!self.no_purge).then_some(Retention {
+                finished: self.retention,
+                dead: self.dead_retention,
+                every: self.purge_interval,
+            }),
         };
         config.validate()?;
         Ok(config)
@@ -171,6 +199,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = args.config()?;
+            if args.print_config {
+                print!("{}", config.describe());
+                return Ok(());
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             crate::sidecar::run(config, args.migrate, shutdown).await?;

@@ -4,6 +4,7 @@
 //! checked once, before anything connects.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::retry::{self, RetryPolicy, ScheduleError};
@@ -25,6 +26,14 @@ pub mod defaults {
     pub const BATCH_SIZE: usize = 100;
     /// Most HTTP requests in flight per sidecar.
     pub const CONCURRENCY: usize = 64;
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub const ADMIN_ADDR: &str = "127.0.0.1:9090";
+    /// How long delivered and cancelled deliveries are kept.
+    pub const RETENTION: &str = "7d";
+    /// How long dead deliveries (and operational events) are kept.
+    pub const DEAD_RETENTION: &str = "30d";
+    /// How often the retention purge runs.
+    pub const PURGE_INTERVAL: &str = "1m";
 }
 
 /// The lease must outlast the request timeout by at least this much, so an
@@ -85,6 +94,29 @@ fn redacted(url: &str) -> Option<String> {
     ))
 }
 
+/// What the retention purge deletes, and how often it looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Delivered and cancelled deliveries older than this go, with their
+    /// attempts; then messages with no delivery left.
+    pub finished: Duration,
+    /// Dead deliveries (and operational events) older than this go.
+    pub dead: Duration,
+    /// Time between purge rounds.
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        let parse = |text| humantime::parse_duration(text).expect("defaults are valid durations");
+        Self {
+            finished: parse(defaults::RETENTION),
+            dead: parse(defaults::DEAD_RETENTION),
+            every: parse(defaults::PURGE_INTERVAL),
+        }
+    }
+}
+
 /// Everything `outboxd run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,6 +143,10 @@ pub struct Config {
     /// Lease owner name; unique per process so fencing can tell replicas
     /// apart.
     pub worker_id: String,
+    /// Where the admin server listens; `None`: no admin server.
+    pub admin_addr: Option<SocketAddr>,
+    /// The retention purge; `None`: keep everything.
+    pub retention: Option<Retention>,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -139,7 +175,9 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// The defaults, for `database_url`.
+    /// The defaults, for `database_url`. No admin server: an embedding
+    /// process chooses its own port (the CLI defaults to
+    /// [`defaults::ADMIN_ADDR`]).
     pub fn new(database_url: DatabaseUrl) -> Self {
         let parse = |text| humantime::parse_duration(text).expect("defaults are valid durations");
         Self {
@@ -155,6 +193,8 @@ impl Config {
             concurrency: defaults::CONCURRENCY,
             shutdown_grace: parse(defaults::SHUTDOWN_GRACE),
             worker_id: default_worker_id(),
+            admin_addr: None,
+            retention: Some(Retention::default()),
         }
     }
 
@@ -172,6 +212,15 @@ impl Config {
         if self.request_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration("--request-timeout"));
         }
+        if let Some(retention) = &self.retention
+            && (retention.finished.is_zero()
+                || retention.dead.is_zero()
+                || retention.every.is_zero())
+        {
+            return Err(ConfigError::ZeroDuration(
+                "--retention, --dead-retention and --purge-interval",
+            ));
+        }
         if self.lease < self.request_timeout + LEASE_MARGIN {
             return Err(ConfigError::LeaseTooShort {
                 lease: self.lease,
@@ -179,6 +228,40 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The effective settings as `name = value` lines, for
+    /// `--print-config`; the database password is masked.
+    pub fn describe(&self) -> String {
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        let mut lines = vec![
+            ("database_url", format!("{:?}", self.database_url)),
+            ("wakeup", format!("{:?}", self.wakeup).to_lowercase()),
+            ("poll_interval", duration(self.poll_interval)),
+            ("lease", duration(self.lease)),
+            ("request_timeout", duration(self.request_timeout)),
+            ("connect_timeout", duration(self.connect_timeout)),
+            ("retry_schedule", self.retry.describe()),
+            ("batch_size", self.batch_size.to_string()),
+            ("concurrency", self.concurrency.to_string()),
+            ("shutdown_grace", duration(self.shutdown_grace)),
+            ("worker_id", self.worker_id.clone()),
+            (
+                "admin_addr",
+                self.admin_addr.map_or("off".into(), |a| a.to_string()),
+            ),
+        ];
+        match &self.retention {
+            Some(r) => lines.extend([
+                ("retention", duration(r.finished)),
+                ("dead_retention", duration(r.dead)),
+                ("purge_interval", duration(r.every)),
+            ]),
+            None => lines.push(("retention", "off (nothing is purged)".into())),
+        }
+        lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
     }
 }
 
@@ -223,6 +306,17 @@ mod tests {
         let mut c = config();
         c.batch_size = 0;
         assert_eq!(c.validate(), Err(ConfigError::Zero("--batch-size")));
+    }
+
+    #[test]
+    fn printed_config_masks_the_password() {
+        let shown = config().describe();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("retry_schedule = 0s,5s,5m,30m,2h,5h,10h,10h (max 1h Retry-After)"),
+            "{shown}"
+        );
+        assert!(shown.contains("lease = 1m"), "{shown}");
     }
 
     #[test]

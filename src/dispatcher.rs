@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::db::queries::Queries;
 use crate::db::{Backoff, Db, DbError};
 use crate::delivery::{Deliverer, Job, Outcome, Verdict};
+use crate::telemetry;
 
 /// After an empty claim while a row is overdue (locked by another replica's
 /// claim in progress), look again this soon rather than spin.
@@ -66,13 +67,18 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut queries = None;
         let mut backoff = Backoff::new();
+        let mut connected_before = false;
         while !shutdown.is_cancelled() {
+            if queries.is_none() && connected_before {
+                telemetry::reconnect("dispatcher");
+            }
             let idle = match self.drain(&mut queries, &shutdown).await {
                 Ok(idle) => {
                     backoff.reset();
                     idle
                 }
                 Err(error) => {
+                    telemetry::db_error("claim");
                     tracing::warn!(%error, "claiming failed; retrying");
                     if error.is_connection_lost() {
                         queries = None;
@@ -80,6 +86,7 @@ impl Dispatcher {
                     backoff.next_delay()
                 }
             };
+            connected_before |= queries.is_some();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -109,6 +116,7 @@ impl Dispatcher {
                 .claim(&self.config.worker_id, want, self.config.lease)
                 .await?;
             let full = jobs.len() == want;
+            telemetry::claimed(jobs.len());
             claimed_any |= !jobs.is_empty();
             for job in jobs {
                 let permit = permits.split(1).expect("one permit per claimed row");
@@ -151,11 +159,14 @@ impl Dispatcher {
         let outcomes = self.outcomes.clone();
         let hard_stop = self.hard_stop.clone();
         self.tasks.spawn(async move {
+            telemetry::in_flight(1.0);
             let outcome = tokio::select! {
                 biased;
                 _ = hard_stop.cancelled() => release(&job),
                 outcome = deliverer.deliver(&job) => outcome,
             };
+            telemetry::in_flight(-1.0);
+            telemetry::outcome(&job, &outcome);
             log(&job, &outcome);
             // Keep the permit until the writer has room: a stalled database
             // stops new claims instead of piling up outcomes in memory.

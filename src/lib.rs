@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`cli`]: command-line definitions and the glue to the library;
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`config`]: validated settings;
 //! - [`db`]: connections, embedded migrations (`sql/migrations`) and the
 //!   named queries (`sql/queries`);
@@ -17,14 +18,17 @@
 //! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;
 //! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
 //! - [`writer`]: fenced, batched outcome write-back;
+//! - [`maintenance`]: backlog gauges and the retention purge;
 //! - [`retry`]: the retry schedule, jitter and `Retry-After`;
 //! - [`signature`]: Standard Webhooks signing and verification;
+//! - [`telemetry`]: metric names and recording helpers;
 //! - [`embedded`]: throwaway PostgreSQL and loopback receiver for the demo,
 //!   the benchmark and the tests;
 //! - [`demo`]: `outboxd demo`.
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -33,7 +37,9 @@ pub mod demo;
 pub mod dispatcher;
 pub mod embedded;
 pub mod listener;
+pub mod maintenance;
 pub mod retry;
 pub mod sidecar;
 pub mod signature;
+pub mod telemetry;
 pub mod writer;

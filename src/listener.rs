@@ -14,6 +14,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Backoff, Db, DbError};
+use crate::telemetry;
 
 /// The channel the insert trigger notifies (see `sql/migrations`).
 pub const CHANNEL: &str = "outboxd_wakeup";
@@ -36,6 +37,7 @@ pub async fn run(
         match listen_once(&db, &wake, &listening, &shutdown, &mut backoff).await {
             Ok(()) => {}
             Err(error) => {
+                telemetry::reconnect("listener");
                 tracing::warn!(%error, "wake-up listener lost its connection; reconnecting")
             }
         }

@@ -66,6 +66,21 @@ impl RetryPolicy {
         Self::new(delays, max_retry_after)
     }
 
+    /// The schedule as it would be written in `OUTBOXD_RETRY_SCHEDULE`,
+    /// plus the Retry-After cap.
+    pub fn describe(&self) -> String {
+        let delays: Vec<String> = self
+            .schedule
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        format!(
+            "{} (max {} Retry-After)",
+            delays.join(","),
+            humantime::format_duration(self.max_retry_after)
+        )
+    }
+
     /// The most attempts a delivery gets.
     pub fn max_attempts(&self) -> u32 {
         self.schedule.len() as u32

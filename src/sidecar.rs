@@ -10,18 +10,20 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, Readiness};
 use crate::config::{Config, ConfigError, Wakeup};
 use crate::db::migrate::{self, MIGRATIONS};
 use crate::db::{Backoff, Db, DbError};
 use crate::delivery::Deliverer;
 use crate::delivery::request::ClientError;
 use crate::dispatcher::Dispatcher;
-use crate::listener;
 use crate::writer::Writer;
+use crate::{listener, maintenance, telemetry};
 
 /// How long the writer may keep retrying after shutdown before it gives up
 /// on outcomes it cannot store (their leases then expire: redelivered).
@@ -42,6 +44,17 @@ pub enum SidecarError {
     /// The database refused us for a reason reconnecting will not fix.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The admin address is taken or not ours.
+    #[error(
+        "cannot serve the admin server on {addr}: {source} (change --admin-addr or pass --no-admin)"
+    )]
+    AdminBind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The outbox schema is missing or older than this binary.
     #[error(
         "the database schema is at version {found}, this outboxd needs {needed}: \
@@ -92,6 +105,31 @@ pub async fn run(
         ))
     });
 
+    let readiness = Arc::new(Readiness::new(
+        db.clone(),
+        (config.wakeup == Wakeup::Notify).then(|| listening.clone()),
+    ));
+    let admin = match config.admin_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| SidecarError::AdminBind { addr, source })?;
+            tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "admin server on /metrics, /healthz, /readyz");
+            telemetry::handle();
+            Some(tokio::spawn(admin::serve(
+                listener,
+                readiness.clone(),
+                stop_listening.clone(),
+            )))
+        }
+        None => None,
+    };
+    let housekeeping = tokio::spawn(maintenance::run(
+        db.clone(),
+        config.retention,
+        stop_listening.clone(),
+    ));
+
     let tasks = TaskTracker::new();
     let hard_stop = CancellationToken::new();
     tracing::info!(worker_id = %config.worker_id, wakeup = ?config.wakeup, "outboxd running");
@@ -107,6 +145,7 @@ pub async fn run(
     .run(shutdown)
     .await;
 
+    readiness.drain();
     tracing::info!(in_flight = tasks.len(), "shutting down: no new claims");
     tasks.close();
     if tokio::time::timeout(config.shutdown_grace, tasks.wait())
@@ -129,8 +168,8 @@ pub async fn run(
         let _ = writer.await;
     }
     stop_listening.cancel();
-    if let Some(listener) = listener {
-        let _ = listener.await;
+    for task in [listener, admin, Some(housekeeping)].into_iter().flatten() {
+        let _ = task.await;
     }
     tracing::info!("outboxd stopped");
     Ok(())

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::queries::Queries;
 use crate::db::{Backoff, Db, DbError};
 use crate::delivery::{Outcome, Verdict};
+use crate::telemetry;
 
 /// Most outcomes written by one statement.
 pub const MAX_BATCH: usize = 512;
@@ -75,9 +76,11 @@ impl Writer {
             match self.write(queries, batch).await {
                 Ok(()) => return true,
                 Err(error) => {
+                    telemetry::db_error("write_outcomes");
                     tracing::warn!(%error, outcomes = batch.len(), "writing outcomes failed; retrying");
                     if error.is_connection_lost() {
                         *queries = None;
+                        telemetry::reconnect("writer");
                     }
                 }
             }

@@ -20,10 +20,11 @@ WITH due AS (
         updated_at = now()
     FROM due
     WHERE d.id = due.id
-    RETURNING d.id, d.attempts, d.message_id, d.endpoint_id
+    RETURNING d.id, d.attempts, d.replay_base, d.message_id, d.endpoint_id
 )
 SELECT c.id,
        c.attempts,
+       c.attempts - c.replay_base AS schedule_attempt,
        c.endpoint_id,
        m.event_id,
        m.event_type,
@@ -31,7 +32,8 @@ SELECT c.id,
        e.url,
        e.secrets,
        e.timeout_ms,
-       e.headers::text AS headers
+       e.headers::text AS headers,
+       extract(epoch FROM now() - m.created_at)::float8 AS age_secs
 FROM claimed c
 JOIN outbox.messages m ON m.id = c.message_id
 JOIN outbox.endpoints e ON e.id = c.endpoint_id

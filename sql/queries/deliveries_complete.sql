@@ -1,7 +1,9 @@
 -- Write a batch of attempt outcomes for lease owner $1. Each outcome only
 -- lands if the row is still in flight under the same (owner, attempt): a
 -- worker whose lease expired and was re-claimed changes nothing, not even
--- the attempts log. Returns the delivery ids that were written.
+-- the attempts log. The same statement keeps each endpoint's health
+-- (last success, failure streak) and applies 410-Gone disables. Returns
+-- the delivery ids that were written.
 WITH outcome AS (
     SELECT *
     FROM unnest($2::bigint[], $3::int[], $4::text[], $5::float8[], $6::int[], $7::text[],
@@ -24,16 +26,39 @@ WITH outcome AS (
       AND d.lease_owner = $1
       AND d.status = 'in_flight'
     RETURNING d.id, d.attempts, d.endpoint_id
-), disabled AS (
-    UPDATE outbox.endpoints e
-    SET enabled = false,
-        disabled_reason = o.disable_reason,
-        updated_at = now()
+), per_endpoint AS (
+    SELECT w.endpoint_id,
+           bool_or(o.status = 'delivered') AS succeeded,
+           (count(*) FILTER (WHERE o.status <> 'delivered'))::int AS failed,
+           max(o.disable_reason) AS disable_reason
     FROM written w
     JOIN outcome o ON o.delivery_id = w.id AND o.attempt = w.attempts
-    WHERE o.disable_reason IS NOT NULL
-      AND e.id = w.endpoint_id
-      AND e.enabled
+    GROUP BY w.endpoint_id
+), locked AS (
+    -- Lock endpoint rows in id order so concurrent writers cannot deadlock.
+    SELECT e.id
+    FROM outbox.endpoints e
+    JOIN per_endpoint p ON p.endpoint_id = e.id
+    ORDER BY e.id
+    FOR NO KEY UPDATE OF e
+), health AS (
+    UPDATE outbox.endpoints e
+    SET last_success_at = CASE WHEN p.succeeded THEN now() ELSE e.last_success_at END,
+        failure_streak = CASE WHEN p.succeeded THEN 0 ELSE e.failure_streak + p.failed END,
+        failing_since = CASE WHEN p.succeeded THEN NULL ELSE coalesce(e.failing_since, now()) END,
+        enabled = e.enabled AND p.disable_reason IS NULL,
+        disabled_reason = CASE WHEN e.enabled AND p.disable_reason IS NOT NULL
+                               THEN p.disable_reason ELSE e.disabled_reason END,
+        updated_at = now()
+    FROM per_endpoint p
+    JOIN locked l ON l.id = p.endpoint_id
+    WHERE e.id = p.endpoint_id
+      -- A healthy endpoint's row is touched at most once a second.
+      AND (NOT p.succeeded
+           OR p.disable_reason IS NOT NULL
+           OR e.failure_streak <> 0
+           OR e.last_success_at IS NULL
+           OR e.last_success_at < now() - interval '1 second')
 )
 INSERT INTO outbox.attempts
     (delivery_id, attempt, started_at, duration_ms, status_code, error, response_excerpt)

@@ -32,6 +32,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_schema.sql"),
     migration!(2, "0002_message_status.sql"),
+    migration!(3, "0003_operations.sql"),
 ];
 
 /// Arbitrary constant key for `pg_advisory_xact_lock`: "outboxd" in ASCII.

@@ -1,7 +1,7 @@
 //! The sidecar's statements, one named `.sql` file each in `sql/queries`,
 //! prepared once per connection.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::{Client, Statement};
 
@@ -63,11 +63,13 @@ impl Queries {
             .query(&self.claim, &[&owner, &limit, &lease.as_secs_f64()])
             .await
             .map_err(DbError::during("claiming deliveries"))?;
+        let claimed_at = Instant::now();
         Ok(rows
             .iter()
             .map(|row| Job {
                 delivery_id: row.get("id"),
                 attempt: row.get("attempts"),
+                schedule_attempt: row.get("schedule_attempt"),
                 endpoint_id: row.get("endpoint_id"),
                 event_id: row.get("event_id"),
                 event_type: row.get("event_type"),
@@ -78,6 +80,9 @@ impl Queries {
                     .get::<_, Option<i32>>("timeout_ms")
                     .map(|ms| Duration::from_millis(ms.max(1) as u64)),
                 headers: row.get("headers"),
+                age_at_claim: Duration::try_from_secs_f64(row.get::<_, f64>("age_secs"))
+                    .unwrap_or_default(),
+                claimed_at,
             })
             .collect())
     }

@@ -8,7 +8,7 @@
 pub mod outcome;
 pub mod request;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use outcome::{AttemptRecord, Exchange, Outcome, Verdict};
 pub use request::Deliverer;
@@ -21,6 +21,9 @@ pub struct Job {
     pub delivery_id: i64,
     /// This claim's attempt number, 1-based (fences the outcome write).
     pub attempt: i32,
+    /// The attempt's place in the retry schedule, 1-based: equal to
+    /// `attempt` unless the delivery was replayed, which restarts it.
+    pub schedule_attempt: i32,
     /// Target endpoint id.
     pub endpoint_id: String,
     /// `webhook-id`.
@@ -38,4 +41,9 @@ pub struct Job {
     pub timeout: Option<Duration>,
     /// Endpoint's extra headers as a JSON object text.
     pub headers: String,
+    /// When the claim was read: how long ago the message was created
+    /// (database clock), for the end-to-end lag metric.
+    pub age_at_claim: Duration,
+    /// When the claim was read, on the local monotonic clock.
+    pub claimed_at: Instant,
 }

@@ -64,7 +64,7 @@ impl Deliverer {
             }
             Err(error) => (Exchange::Invalid { error }, None),
         };
-        let judgement = outcome::judge(&self.retry, job.attempt.max(1) as u32, &exchange);
+        let judgement = outcome::judge(&self.retry, job.schedule_attempt.max(1) as u32, &exchange);
         let status_code = match exchange {
             Exchange::Answered { status, .. } => Some(status),
             _ => None,

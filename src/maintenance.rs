@@ -1,0 +1,193 @@
+//! Housekeeping beside the main loop, on its own connection: publishing the
+//! per-endpoint backlog gauges, and the retention purge that deletes old
+//! finished rows in small keyset pages, one replica at a time (an advisory
+//! lock), so it never holds long locks or scans a whole table.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Retention;
+use crate::db::{Db, DbError};
+use crate::telemetry;
+
+const BACKLOG: &str = include_str!("../sql/queries/endpoints_backlog.sql");
+const PURGE_DELIVERIES: &str = include_str!("../sql/queries/deliveries_purge.sql");
+const PURGE_MESSAGES: &str = include_str!("../sql/queries/messages_purge.sql");
+const PURGE_EVENTS: &str = include_str!("../sql/queries/events_purge.sql");
+
+/// How often the backlog gauges are refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(15);
+/// Rows examined per purge page (and so at most deleted per transaction).
+pub const PURGE_PAGE: i64 = 500;
+/// Arbitrary advisory-lock key for the purge: "purge" in ASCII.
+const PURGE_LOCK: i64 = 0x7075726765;
+
+/// Runs the housekeeping until `shutdown`.
+pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationToken) {
+    let mut client: Option<Client> = None;
+    let mut backlog = tokio::time::interval(BACKLOG_EVERY);
+    let mut purge = tokio::time::interval(retention.map_or(Duration::from_secs(3600), |r| r.every));
+    loop {
+        let job = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = backlog.tick() => Job::Backlog,
+            _ = purge.tick() => Job::Purge,
+        };
+        let result = async {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = Some(db.connect().await?);
+            }
+            let connection = client.as_mut().expect("connected just above");
+            match (job, retention) {
+                (Job::Backlog, _) => publish_backlog(connection).await,
+                (Job::Purge, Some(retention)) => purge_once(connection, &retention, &shutdown)
+                    .await
+                    .map(|_| ()),
+                (Job::Purge, None) => Ok(()),
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            telemetry::db_error("maintenance");
+            tracing::warn!(%error, "housekeeping failed; will retry at the next tick");
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Job {
+    Backlog,
+    Purge,
+}
+
+async fn publish_backlog(client: &Client) -> Result<(), DbError> {
+    let rows = client
+        .query(BACKLOG, &[])
+        .await
+        .map_err(DbError::during("reading the backlog"))?;
+    for row in rows {
+        let endpoint: String = row.get("endpoint_id");
+        let oldest = row
+            .get::<_, Option<f64>>("oldest_secs")
+            .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok());
+        telemetry::backlog(&endpoint, row.get("pending"), oldest);
+    }
+    Ok(())
+}
+
+/// Rows deleted by one purge round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// From `outbox.deliveries` (their attempts went with them).
+    pub deliveries: u64,
+    /// From `outbox.messages`.
+    pub messages: u64,
+    /// From `outbox.events`.
+    pub events: u64,
+}
+
+/// One purge round over every table; skipped (all zero) when another
+/// replica holds the purge lock.
+pub async fn purge_once(
+    client: &mut Client,
+    retention: &Retention,
+    shutdown: &CancellationToken,
+) -> Result<Purged, DbError> {
+    let mut purged = Purged::default();
+    let finished = retention.finished.as_secs_f64();
+    let dead = retention.dead.as_secs_f64();
+    let mut after = 0i64;
+    while !shutdown.is_cancelled() {
+        let Some(page) = page(
+            client,
+            PURGE_DELIVERIES,
+            &[&after, &finished, &dead, &PURGE_PAGE],
+        )
+        .await?
+        else {
+            return Ok(purged);
+        };
+        purged.deliveries += page.deleted;
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    after = 0;
+    let oldest = finished.min(dead);
+    while !shutdown.is_cancelled() {
+        let Some(page) = page(client, PURGE_MESSAGES, &[&after, &oldest, &PURGE_PAGE]).await?
+        else {
+            return Ok(purged);
+        };
+        purged.messages += page.deleted;
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    loop {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(DbError::during("purging events"))?;
+        let deleted = tx
+            .execute(PURGE_EVENTS, &[&dead, &PURGE_PAGE])
+            .await
+            .map_err(DbError::during("purging events"))?;
+        tx.commit()
+            .await
+            .map_err(DbError::during("purging events"))?;
+        purged.events += deleted;
+        if deleted < PURGE_PAGE as u64 || shutdown.is_cancelled() {
+            break;
+        }
+    }
+    telemetry::purged("deliveries", purged.deliveries);
+    telemetry::purged("messages", purged.messages);
+    telemetry::purged("events", purged.events);
+    if purged != Purged::default() {
+        tracing::info!(?purged, "retention purge");
+    }
+    Ok(purged)
+}
+
+struct Page {
+    deleted: u64,
+    /// Where the next page starts; `None` once recent rows are reached.
+    next: Option<i64>,
+}
+
+/// One page in its own short transaction, under the purge lock. `None`
+/// when another replica holds the lock.
+async fn page(
+    client: &mut Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<Page>, DbError> {
+    let during = DbError::during("purging old rows");
+    let tx = client.transaction().await.map_err(during)?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
+        .await
+        .map_err(DbError::during("taking the purge lock"))?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let row = tx
+        .query_one(sql, params)
+        .await
+        .map_err(DbError::during("purging old rows"))?;
+    tx.commit()
+        .await
+        .map_err(DbError::during("purging old rows"))?;
+    let last: Option<i64> = row.get("last_id");
+    let reached_recent: bool = row.get("reached_recent");
+    Ok(Some(Page {
+        deleted: row.get::<_, i64>("deleted") as u64,
+        next: last.filter(|_| !reached_recent),
+    }))
+}

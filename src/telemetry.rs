@@ -1,0 +1,147 @@
+//! Every metric outboxd exports, named once here (Prometheus conventions,
+//! units in the names), with small recording helpers so call sites stay
+//! one line. Labels are bounded: endpoint ids and fixed words, never
+//! message ids or URLs.
+//!
+//! The `metrics` facade has one global recorder per process; [`handle`]
+//! installs the Prometheus one on first use and later calls share it (the
+//! tests run several sidecars in one process).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::delivery::{Job, Outcome, Verdict};
+
+/// Deliveries finished or rescheduled, by endpoint and outcome
+/// (`delivered`, `retry`, `dead`, `released`).
+pub const DELIVERIES: &str = "outboxd_deliveries_total";
+/// HTTP attempt duration, by endpoint.
+pub const ATTEMPT_DURATION: &str = "outboxd_attempt_duration_seconds";
+/// Message `created_at` to successful delivery, by endpoint.
+pub const DELIVERY_LAG: &str = "outboxd_delivery_lag_seconds";
+/// Rows per claim statement.
+pub const CLAIM_BATCH: &str = "outboxd_claim_batch_size";
+/// HTTP requests in flight in this process.
+pub const IN_FLIGHT: &str = "outboxd_in_flight_requests";
+/// Pending deliveries, by endpoint (the same value from every replica:
+/// aggregate with `max`).
+pub const BACKLOG: &str = "outboxd_backlog";
+/// Age of the oldest pending delivery, by endpoint.
+pub const OLDEST_PENDING: &str = "outboxd_oldest_pending_age_seconds";
+/// Database errors, by operation.
+pub const DB_ERRORS: &str = "outboxd_db_errors_total";
+/// Reconnections, by connection (`listener`, `dispatcher`, `writer`).
+pub const RECONNECTS: &str = "outboxd_reconnects_total";
+/// Rows deleted by the retention purge, by table.
+pub const PURGED: &str = "outboxd_purged_rows_total";
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 1800.0, 7200.0, 36000.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first call.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(CLAIM_BATCH.into()), BATCH_BUCKETS)
+            })
+            .expect("bucket lists are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first (an embedding
+        // application's); then ours renders nothing, which is harmless.
+        if metrics::set_global_recorder(recorder).is_ok() {
+            describe();
+        }
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        DELIVERIES,
+        "Deliveries finished or rescheduled, by endpoint and outcome."
+    );
+    describe_histogram!(
+        ATTEMPT_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP attempt duration."
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        metrics::Unit::Seconds,
+        "Message creation to successful delivery."
+    );
+    describe_histogram!(CLAIM_BATCH, "Rows taken by one claim statement.");
+    describe_gauge!(IN_FLIGHT, "HTTP requests in flight in this process.");
+    describe_gauge!(BACKLOG, "Pending deliveries per endpoint.");
+    describe_gauge!(
+        OLDEST_PENDING,
+        metrics::Unit::Seconds,
+        "Age of the oldest pending delivery per endpoint."
+    );
+    describe_counter!(DB_ERRORS, "Database errors, by operation.");
+    describe_counter!(RECONNECTS, "Database reconnections, by connection.");
+    describe_counter!(PURGED, "Rows deleted by the retention purge, by table.");
+}
+
+/// Records one claim of `rows` rows.
+pub fn claimed(rows: usize) {
+    histogram!(CLAIM_BATCH).record(rows as f64);
+}
+
+/// Marks a request as started (`+1`) or finished (`-1`).
+pub fn in_flight(delta: f64) {
+    gauge!(IN_FLIGHT).increment(delta);
+}
+
+/// Records a finished attempt (or release) of `job`.
+pub fn outcome(job: &Job, outcome: &Outcome) {
+    let endpoint = job.endpoint_id.clone();
+    let label = match outcome.verdict {
+        Verdict::Delivered => "delivered",
+        Verdict::Retry(_) => "retry",
+        Verdict::Dead => "dead",
+        Verdict::Release => "released",
+    };
+    counter!(DELIVERIES, "endpoint" => endpoint.clone(), "outcome" => label).increment(1);
+    if let Some(record) = &outcome.record {
+        histogram!(ATTEMPT_DURATION, "endpoint" => endpoint.clone())
+            .record(record.duration.as_secs_f64());
+    }
+    if outcome.verdict == Verdict::Delivered {
+        let lag = job.age_at_claim + job.claimed_at.elapsed();
+        histogram!(DELIVERY_LAG, "endpoint" => endpoint).record(lag.as_secs_f64());
+    }
+}
+
+/// Counts a database error during `operation`.
+pub fn db_error(operation: &'static str) {
+    counter!(DB_ERRORS, "operation" => operation).increment(1);
+}
+
+/// Counts a (re)connection of `connection`.
+pub fn reconnect(connection: &'static str) {
+    counter!(RECONNECTS, "connection" => connection).increment(1);
+}
+
+/// Publishes an endpoint's backlog.
+pub fn backlog(endpoint: &str, pending: i64, oldest: Option<Duration>) {
+    gauge!(BACKLOG, "endpoint" => endpoint.to_owned()).set(pending as f64);
+    gauge!(OLDEST_PENDING, "endpoint" => endpoint.to_owned())
+        .set(oldest.map_or(0.0, |d| d.as_secs_f64()));
+}
+
+/// Counts purged rows of `table`.
+pub fn purged(table: &'static str, rows: u64) {
+    counter!(PURGED, "table" => table).increment(rows);
+}
