@@ -2,7 +2,6 @@
 //! variable) and the glue from a parsed command to the library. Raw values
 //! become a validated [`Config`] here; `anyhow` is used only at this edge.
 
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,10 +10,10 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use crate::commands::{self, replay::Since, replay::Target};
 use crate::config::{Config, DatabaseUrl, Retention, Wakeup, defaults};
 use crate::db::{self, Db};
 use crate::retry::{self, RetryPolicy};
-use crate::signature::{Secret, Verifier};
 
 /// Transactional-outbox webhook sidecar for PostgreSQL.
 ///
@@ -48,10 +47,111 @@ pub enum Command {
     Run(RunArgs),
     /// Create or upgrade the outbox schema (safe to repeat, safe to run concurrently).
     Migrate(DatabaseArgs),
+    /// Backlog, oldest pending, dead and health per endpoint.
+    Status(StatusArgs),
+    /// Add, list, enable, disable, rotate the secret of, or test an endpoint.
+    Endpoint(EndpointArgs),
+    /// Send dead deliveries again: one by id, or an endpoint's since a time.
+    Replay(ReplayArgs),
     /// Start a throwaway Postgres and receiver, send a few events, show their status.
     Demo(DemoArgs),
     /// Check a received webhook's signature (for receivers and debugging).
     Verify(VerifyArgs),
+}
+
+/// Settings of `outboxd status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `outboxd endpoint ...`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(subcommand)]
+    command: EndpointCommand,
+}
+
+/// The endpoint subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum EndpointCommand {
+    /// Register an endpoint; prints a generated signing secret once.
+    Add {
+        /// A short name, e.g. billing.
+        id: String,
+        /// Where to POST, http:// or https://.
+        url: String,
+        /// Subscribe to this event type (repeatable); none means every type.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Use this whsec_ secret instead of generating one.
+        #[arg(long, env = "OUTBOXD_ENDPOINT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Request timeout for this endpoint (default: the sidecar's).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// List endpoints (secrets are never shown).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable an endpoint: its pending deliveries resume.
+    Enable {
+        /// The endpoint.
+        id: String,
+    },
+    /// Disable an endpoint: its deliveries stay pending until enabled.
+    Disable {
+        /// The endpoint.
+        id: String,
+        /// Why (stored in disabled_reason).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Start signing with a new secret (kept beside the old ones until --drop-old).
+    RotateSecret {
+        /// The endpoint.
+        id: String,
+        /// Use this whsec_ secret instead of generating one.
+        #[arg(long, env = "OUTBOXD_ENDPOINT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Keep only the newest secret (alone: end a rotation).
+        #[arg(long)]
+        drop_old: bool,
+    },
+    /// Send a signed test event through the running sidecar and show the answer.
+    Test {
+        /// The endpoint.
+        id: String,
+        /// How long to wait for the attempt.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+}
+
+/// Settings of `outboxd replay`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["delivery", "endpoint"])))]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Replay this dead delivery (outbox.deliveries.id).
+    #[arg(long)]
+    delivery: Option<i64>,
+    /// Replay this endpoint's dead deliveries...
+    #[arg(long, requires = "since")]
+    endpoint: Option<String>,
+    /// ...that died since this time (2026-11-28T12:00:00Z) or this long ago (2h).
+    #[arg(long)]
+    since: Option<Since>,
 }
 
 /// Where the outbox lives.
@@ -220,33 +320,64 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Status(args) => {
+            let client = connect(&args.database).await?;
+            commands::status::run(&client, args.json).await
+        }
+        Command::Endpoint(args) => {
+            let client = connect(&args.database).await?;
+            endpoint(&client, args.command).await
+        }
+        Command::Replay(args) => {
+            let client = connect(&args.database).await?;
+            let target = match (args.delivery, args.endpoint, args.since) {
+                (Some(id), _, _) => Target::Delivery(id),
+                (None, Some(id), Some(since)) => Target::Endpoint { id, since },
+                _ => bail!("give --delivery ID, or --endpoint ID with --since"),
+            };
+            commands::replay::run(&client, &target).await
+        }
         Command::Demo(args) => crate::demo::run(args.database_url).await,
-        Command::Verify(args) => verify(&args),
+        Command::Verify(args) => commands::verify::run(&args),
     }
 }
 
-fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
-    let secrets = args
-        .secrets
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Secret::parse(s).with_context(|| format!("--secret #{}", i + 1)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let body = if args.body.as_os_str() == "-" {
-        let mut body = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut body)
-            .context("reading the body from stdin")?;
-        body
-    } else {
-        std::fs::read(&args.body).with_context(|| format!("reading {}", args.body.display()))?
-    };
-    let verifier = Verifier::new(secrets).with_tolerance(args.tolerance);
-    if let Err(error) = verifier.verify(&args.id, &args.timestamp, &args.signature, &body) {
-        bail!("invalid: {error}");
+async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
+    let db = Db::new(&DatabaseUrl::new(database.database_url.clone()))?;
+    Ok(db.connect().await?)
+}
+
+async fn endpoint(client: &tokio_postgres::Client, command: EndpointCommand) -> anyhow::Result<()> {
+    use commands::endpoint;
+    match command {
+        EndpointCommand::Add {
+            id,
+            url,
+            event_types,
+            secret,
+            timeout,
+        } => {
+            let new = endpoint::NewEndpoint {
+                id,
+                url,
+                event_types,
+                secret,
+                timeout,
+            };
+            endpoint::add(client, new).await
+        }
+        EndpointCommand::List { json } => endpoint::list(client, json).await,
+        EndpointCommand::Enable { id } => endpoint::set_enabled(client, &id, true, None).await,
+        EndpointCommand::Disable { id, reason } => {
+            endpoint::set_enabled(client, &id, false, reason.as_deref()).await
+        }
+        EndpointCommand::RotateSecret {
+            id,
+            secret,
+            drop_old,
+        } => endpoint::rotate_secret(client, &id, secret, drop_old).await,
+        EndpointCommand::Test { id, wait } => endpoint::test(client, &id, wait).await,
     }
-    println!("valid");
-    Ok(())
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

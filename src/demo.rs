@@ -212,36 +212,6 @@ async fn print_status(client: &tokio_postgres::Client) -> anyhow::Result<()> {
         .iter()
         .map(|row| (0..header.len()).map(|i| row.get::<_, String>(i)).collect())
         .collect();
-    print_table(&header, &table);
+    print!("{}", crate::commands::table::render(&header, &table));
     Ok(())
-}
-
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("   {}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    line(
-        widths
-            .iter()
-            .map(|w| &"----------------------------------------"[..(*w).min(40)])
-            .collect(),
-    );
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }

@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`cli`]: command-line definitions and the glue to the library;
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`commands`]: `status`, `endpoint`, `replay`, `verify`;
 //! - [`config`]: validated settings;
 //! - [`db`]: connections, embedded migrations (`sql/migrations`) and the
 //!   named queries (`sql/queries`);
@@ -30,6 +31,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod db;
 pub mod delivery;

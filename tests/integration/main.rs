@@ -4,7 +4,9 @@
 mod common;
 
 mod claiming;
+mod cli;
 mod delivery;
 mod migrations;
+mod operations;
 mod retries;
 mod shutdown;

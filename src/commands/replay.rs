@@ -1,0 +1,102 @@
+//! `outboxd replay`: send dead deliveries again, one by id or an
+//! endpoint's since a time, through `outbox.replay` / `outbox.replay_dead`.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::bail;
+use tokio_postgres::Client;
+
+use crate::db::DbError;
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One delivery.
+    Delivery(i64),
+    /// An endpoint's dead deliveries that died since a time.
+    Endpoint {
+        /// The endpoint.
+        id: String,
+        /// The earliest death to replay.
+        since: Since,
+    },
+}
+
+/// A point in time given on the command line.
+#[derive(Debug, Clone, Copy)]
+pub enum Since {
+    /// An absolute time.
+    At(SystemTime),
+    /// This long before now (database clock).
+    Ago(Duration),
+}
+
+impl std::str::FromStr for Since {
+    type Err = String;
+
+    /// `2026-11-28T12:00:00Z` (RFC 3339) or a duration such as `2h`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(ago) = humantime::parse_duration(text) {
+            return Ok(Self::Ago(ago));
+        }
+        humantime::parse_rfc3339_weak(text)
+            .map(Self::At)
+            .map_err(|_| {
+                format!(
+                    "{text:?} is neither a time like 2026-11-28T12:00:00Z nor a duration like 2h"
+                )
+            })
+    }
+}
+
+/// Replays and says how many deliveries are pending again.
+pub async fn run(client: &Client, target: &Target) -> anyhow::Result<()> {
+    match target {
+        Target::Delivery(id) => {
+            let replayed: bool = client
+                .query_one("SELECT outbox.replay($1)", &[id])
+                .await
+                .map_err(DbError::during("replaying"))?
+                .get(0);
+            if !replayed {
+                bail!(
+                    "delivery {id} is not dead (or does not exist); only dead deliveries are replayed"
+                );
+            }
+            println!("delivery {id} is pending again");
+        }
+        Target::Endpoint { id, since } => {
+            let (at, ago) = match since {
+                Since::At(at) => (Some(*at), None),
+                Since::Ago(ago) => (None, Some(ago.as_secs_f64())),
+            };
+            let count: i32 = client
+                .query_one(
+                    "SELECT outbox.replay_dead($1, coalesce($2, now() - make_interval(secs => $3)))",
+                    &[id, &at, &ago],
+                )
+                .await
+                .map_err(DbError::during("replaying"))?
+                .get(0);
+            println!("{count} dead deliveries of endpoint {id} are pending again");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_reads_durations_and_timestamps() {
+        assert!(
+            matches!("2h".parse::<Since>(), Ok(Since::Ago(d)) if d == Duration::from_secs(7200))
+        );
+        assert!(matches!(
+            "2026-11-28T12:00:00Z".parse::<Since>(),
+            Ok(Since::At(_))
+        ));
+        assert!("noon".parse::<Since>().unwrap_err().contains("neither"));
+    }
+}
