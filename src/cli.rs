@@ -203,6 +203,9 @@ pub struct RunArgs {
     /// Lease owner name (default: hostname-pid-random); must be unique per running process.
     #[arg(long, env = "OUTBOXD_WORKER_ID")]
     worker_id: Option<String>,
+    /// Disable an endpoint whose every attempt has failed for this long (its deliveries stay pending).
+    #[arg(long, env = "OUTBOXD_DISABLE_AFTER", default_value = defaults::DISABLE_AFTER, value_parser = humantime::parse_duration)]
+    disable_after: Duration,
     /// Address of the admin server (/metrics, /healthz, /readyz); 0.0.0.0:9090 for Kubernetes probes.
     #[arg(long, env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
     admin_addr: SocketAddr,
@@ -245,6 +248,7 @@ impl RunArgs {
                 .worker_id
                 .clone()
                 .unwrap_or_else(crate::config::default_worker_id),
+            disable_after: self.disable_after,
             admin_addr: (!self.no_admin).then_some(self.admin_addr),
             retention: (!self.no_purge).then_some(Retention {
                 finished: self.retention,

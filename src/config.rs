@@ -34,6 +34,8 @@ pub mod defaults {
     pub const DEAD_RETENTION: &str = "30d";
     /// How often the retention purge runs.
     pub const PURGE_INTERVAL: &str = "1m";
+    /// An endpoint whose every attempt has failed for this long is disabled.
+    pub const DISABLE_AFTER: &str = "5d";
 }
 
 /// The lease must outlast the request timeout by at least this much, so an
@@ -143,6 +145,9 @@ pub struct Config {
     /// Lease owner name; unique per process so fencing can tell replicas
     /// apart.
     pub worker_id: String,
+    /// An endpoint whose every attempt has failed for this long is
+    /// disabled (its deliveries stay pending).
+    pub disable_after: Duration,
     /// Where the admin server listens; `None`: no admin server.
     pub admin_addr: Option<SocketAddr>,
     /// The retention purge; `None`: keep everything.
@@ -193,6 +198,7 @@ impl Config {
             concurrency: defaults::CONCURRENCY,
             shutdown_grace: parse(defaults::SHUTDOWN_GRACE),
             worker_id: default_worker_id(),
+            disable_after: parse(defaults::DISABLE_AFTER),
             admin_addr: None,
             retention: Some(Retention::default()),
         }
@@ -247,6 +253,7 @@ impl Config {
             ("batch_size", self.batch_size.to_string()),
             ("concurrency", self.concurrency.to_string()),
             ("shutdown_grace", duration(self.shutdown_grace)),
+            ("disable_after", duration(self.disable_after)),
             ("worker_id", self.worker_id.clone()),
             (
                 "admin_addr",

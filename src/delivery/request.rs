@@ -73,6 +73,7 @@ impl Deliverer {
             delivery_id: job.delivery_id,
             attempt: job.attempt,
             endpoint_id: job.endpoint_id.clone(),
+            ordering_key: job.ordering_key.clone(),
             verdict: judgement.verdict,
             record: Some(AttemptRecord {
                 started_at,

@@ -11,6 +11,8 @@ use outboxd::signature::Secret;
 
 use crate::common::*;
 
+const DAY: Duration = Duration::from_secs(86_400);
+
 async fn queries(db: &TestDb) -> Queries {
     Queries::connect(&Db::new(&DatabaseUrl::new(db.url.clone())).unwrap())
         .await
@@ -33,6 +35,7 @@ fn outcome(delivery_id: i64, attempt: i32, verdict: Verdict, status: u16) -> Out
         delivery_id,
         attempt,
         endpoint_id: "e".into(),
+        ordering_key: None,
         verdict,
         record: Some(AttemptRecord {
             started_at: SystemTime::now(),
@@ -56,6 +59,10 @@ async fn a_claim_never_takes_more_rows_than_its_batch() {
         &Secret::generate(),
     )
     .await;
+    db.client
+        .execute("UPDATE outbox.endpoints SET max_in_flight = 1000", &[])
+        .await
+        .unwrap();
     insert_many(&db, 25).await;
     let q = queries(&db).await;
     let lease = Duration::from_secs(60);
@@ -175,6 +182,7 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
         .complete(
             "worker-b",
             &[&outcome(job_b.delivery_id, 2, Verdict::Delivered, 200)],
+            DAY,
         )
         .await
         .unwrap();
@@ -182,7 +190,7 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
 
     // A finally finishes: its failure must change nothing.
     let stale = outcome(job_a.delivery_id, 1, Verdict::Retry(Duration::ZERO), 500);
-    assert_eq!(a.complete("worker-a", &[&stale]).await.unwrap(), 0);
+    assert_eq!(a.complete("worker-a", &[&stale], DAY).await.unwrap(), 0);
     assert_eq!(
         a.release("worker-a", &[(job_a.delivery_id, 1)])
             .await
@@ -191,7 +199,7 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
     );
     // Nor may A, by some bug, write with B's attempt number.
     let forged = outcome(job_a.delivery_id, 2, Verdict::Dead, 500);
-    assert_eq!(a.complete("worker-a", &[&forged]).await.unwrap(), 0);
+    assert_eq!(a.complete("worker-a", &[&forged], DAY).await.unwrap(), 0);
 
     let row = db
         .client
