@@ -121,12 +121,10 @@ impl Writer {
                 .collect();
             queries.release(&self.owner, &claims).await?;
         }
-        if batch
-            .iter()
-            .any(|o| matches!(o.verdict, Verdict::Retry(_) | Verdict::Release))
-        {
-            self.wake.notify_one();
-        }
+        // Retries and releases may be due at once, a finished head releases
+        // the next delivery of its key, and a finished request frees room
+        // under an endpoint's cap: look again.
+        self.wake.notify_one();
         Ok(())
     }
 }

@@ -193,3 +193,117 @@ CREATE TRIGGER endpoints_enabling
     BEFORE UPDATE OF enabled ON outbox.endpoints
     FOR EACH ROW WHEN (NEW.enabled AND NOT OLD.enabled)
     EXECUTE FUNCTION outbox.on_endpoint_enabling();
+
+-- The claim. A function rather than one statement because a per-endpoint
+-- cap (max_in_flight across replicas, rate-limit tokens) needs claims for
+-- one endpoint to take turns: first take each endpoint's claim lock
+-- (skipping endpoints another replica is claiming for right now), then
+-- look with a fresh snapshot that includes every claim committed before.
+--
+-- Fair by endpoint: every enabled endpoint with due work gets an equal
+-- share of the free slots, capped by its room: max_in_flight minus its
+-- unexpired in-flight rows (just 1 while it is failing, so its retries
+-- cannot crowd out healthy endpoints), and its rate-limit tokens. Each
+-- endpoint's rows come from its own index range, so no endpoint's backlog
+-- is scanned for another. An expired lease is due again because
+-- next_attempt_at holds the lease expiry while in flight. A keyed
+-- delivery is only taken when nothing earlier of its key is open.
+CREATE FUNCTION outbox.claim(owner text, max_rows bigint, lease_secs double precision)
+RETURNS TABLE (id bigint, attempts integer, schedule_attempt integer, endpoint_id text,
+               ordering_key text, event_id text, event_type text, payload text, url text,
+               secrets text[], timeout_ms integer, headers text, age_secs double precision)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    mine text[];
+BEGIN
+    SELECT array_agg(e.id) INTO mine
+    FROM outbox.endpoints e
+    WHERE e.enabled
+      AND EXISTS (SELECT 1 FROM outbox.deliveries d
+                  WHERE d.endpoint_id = e.id
+                    AND d.status IN ('pending', 'in_flight')
+                    AND d.next_attempt_at <= now())
+      AND pg_try_advisory_xact_lock(hashtextextended(e.id, 8));
+    IF mine IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT e.id, e.block_on_dead,
+               least(CASE WHEN e.failing_since IS NULL THEN e.max_in_flight ELSE 1 END
+                       - (SELECT count(*) FROM outbox.deliveries f
+                          WHERE f.endpoint_id = e.id AND f.status = 'in_flight' AND f.next_attempt_at > now()),
+                     coalesce(floor(t.tokens)::bigint, max_rows)) AS room,
+               t.tokens
+        FROM outbox.endpoints e
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN e.rate_limit IS NOT NULL
+                        THEN least(greatest(e.rate_limit, 1),
+                                   coalesce(e.rate_tokens, greatest(e.rate_limit, 1))
+                                     + e.rate_limit * extract(epoch FROM now() - coalesce(e.rate_updated_at, now())))
+                   END AS tokens
+        ) t
+        WHERE e.id = ANY (mine)
+    ), shares AS (
+        SELECT id, block_on_dead, tokens,
+               least(room, ceil(max_rows::numeric / count(*) OVER ())::bigint) AS quota
+        FROM candidates
+        WHERE room > 0
+    ), due AS (
+        SELECT picked.id
+        FROM shares s
+        CROSS JOIN LATERAL (
+            SELECT d.id
+            FROM outbox.deliveries d
+            WHERE d.endpoint_id = s.id
+              AND d.status IN ('pending', 'in_flight')
+              AND d.next_attempt_at <= now()
+              AND (d.ordering_key IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM outbox.deliveries p
+                      WHERE p.endpoint_id = d.endpoint_id
+                        AND p.ordering_key = d.ordering_key
+                        AND p.message_id < d.message_id
+                        AND (p.status IN ('pending', 'in_flight') OR (p.status = 'dead' AND s.block_on_dead))))
+            ORDER BY d.next_attempt_at, d.id
+            LIMIT s.quota
+            FOR UPDATE OF d SKIP LOCKED
+        ) picked
+        LIMIT max_rows
+    ), claimed AS (
+        UPDATE outbox.deliveries d
+        SET status = 'in_flight',
+            attempts = d.attempts + 1,
+            lease_owner = owner,
+            next_attempt_at = now() + make_interval(secs => lease_secs),
+            updated_at = now()
+        FROM due
+        WHERE d.id = due.id
+        RETURNING d.id, d.attempts, d.replay_base, d.message_id, d.endpoint_id, d.ordering_key
+    ), spent AS (
+        UPDATE outbox.endpoints e
+        SET rate_tokens = s.tokens - n.taken,
+            rate_updated_at = now()
+        FROM (SELECT endpoint_id, count(*) AS taken FROM claimed GROUP BY endpoint_id) n
+        JOIN shares s ON s.id = n.endpoint_id
+        WHERE e.id = n.endpoint_id AND s.tokens IS NOT NULL
+    )
+    SELECT c.id,
+           c.attempts,
+           c.attempts - c.replay_base AS schedule_attempt,
+           c.endpoint_id,
+           c.ordering_key,
+           m.event_id,
+           m.event_type,
+           m.payload::text AS payload,
+           e.url,
+           e.secrets,
+           e.timeout_ms,
+           e.headers::text AS headers,
+           extract(epoch FROM now() - m.created_at)::float8 AS age_secs
+    FROM claimed c
+    JOIN outbox.messages m ON m.id = c.message_id
+    JOIN outbox.endpoints e ON e.id = c.endpoint_id
+    ORDER BY c.id;
+END
+$fn$;

@@ -8,5 +8,6 @@ mod cli;
 mod delivery;
 mod migrations;
 mod operations;
+mod ordering;
 mod retries;
 mod shutdown;

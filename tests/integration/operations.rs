@@ -20,6 +20,8 @@ fn free_addr() -> SocketAddr {
 }
 
 async fn get(url: &str) -> (u16, String) {
+    // reqwest is built without a default crypto provider (see Deliverer).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match reqwest::get(url).await {
         Ok(response) => {
             let status = response.status().as_u16();

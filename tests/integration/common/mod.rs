@@ -185,6 +185,12 @@ pub struct Sidecar {
 }
 
 pub fn spawn(config: Config) -> Sidecar {
+    if std::env::var_os("OUTBOXD_TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("outboxd=debug"))
+            .with_test_writer()
+            .try_init();
+    }
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(outboxd::sidecar::run(config, false, shutdown.clone()));
     Sidecar { shutdown, handle }
