@@ -77,8 +77,8 @@ BEGIN
                          SELECT 1 FROM outbox.deliveries p
                          WHERE p.endpoint_id = e.id
                            AND p.ordering_key = n.ordering_key
-                           AND (p.status IN ('pending', 'in_flight')
-                                OR (p.status = 'dead' AND e.block_on_dead)))
+                           AND p.status IN ('pending', 'in_flight', 'dead')
+                           AND (p.status <> 'dead' OR e.block_on_dead))
                 THEN coalesce(n.deliver_after, now())
                 ELSE 'infinity'
            END
@@ -260,11 +260,13 @@ BEGIN
               AND d.status IN ('pending', 'in_flight')
               AND d.next_attempt_at <= now()
               AND (d.ordering_key IS NULL OR NOT EXISTS (
+                      -- Spelled to match deliveries_ordering exactly.
                       SELECT 1 FROM outbox.deliveries p
                       WHERE p.endpoint_id = d.endpoint_id
                         AND p.ordering_key = d.ordering_key
                         AND p.message_id < d.message_id
-                        AND (p.status IN ('pending', 'in_flight') OR (p.status = 'dead' AND s.block_on_dead))))
+                        AND p.status IN ('pending', 'in_flight', 'dead')
+                        AND (p.status <> 'dead' OR s.block_on_dead)))
             ORDER BY d.next_attempt_at, d.id
             LIMIT s.quota
             FOR UPDATE OF d SKIP LOCKED
