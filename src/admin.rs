@@ -25,7 +25,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What `/readyz` checks.
 pub struct Readiness {
     db: Db,
-    /// `Some` in notify mode: whether the listener is subscribed.
+    /// `Some` unless in poll mode: whether the wake-up watcher is
+    /// subscribed (LISTEN active, or replication slot held).
     listening: Option<Arc<AtomicBool>>,
     /// Set once shutdown begins.
     draining: AtomicBool,
@@ -33,7 +34,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Readiness for a sidecar on `db`; `listening` in notify mode.
+    /// Readiness for a sidecar on `db`; `listening` unless in poll mode.
     pub fn new(db: Db, listening: Option<Arc<AtomicBool>>) -> Self {
         Self {
             db,
@@ -56,7 +57,7 @@ impl Readiness {
         if let Some(listening) = &self.listening
             && !listening.load(Ordering::Relaxed)
         {
-            return Err("not listening for wake-ups (database connection lost?)".into());
+            return Err("wake-up watcher not subscribed (database connection lost?)".into());
         }
         let mut probe = self.probe.lock().await;
         if probe.as_ref().is_none_or(tokio_postgres::Client::is_closed) {

@@ -170,12 +170,15 @@ pub struct RunArgs {
     /// Apply pending migrations before starting.
     #[arg(long, env = "OUTBOXD_MIGRATE")]
     pub migrate: bool,
-    /// How new rows are noticed: notify (LISTEN) or poll (state poll only).
+    /// How new rows are noticed: notify (LISTEN), logical (replication slot) or poll (state poll only).
     #[arg(long, env = "OUTBOXD_WAKEUP", value_enum, default_value_t = Wakeup::Notify)]
     wakeup: Wakeup,
     /// Safety-net state poll (scheduled retries, deliver_after, missed wake-ups).
     #[arg(long, env = "OUTBOXD_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+    /// How often logical wake-up reads its replication slot.
+    #[arg(long, env = "OUTBOXD_LOGICAL_INTERVAL", default_value = defaults::LOGICAL_INTERVAL, value_parser = humantime::parse_duration)]
+    logical_interval: Duration,
     /// How long a claim is held; a crashed replica's rows are re-claimed after it.
     #[arg(long, env = "OUTBOXD_LEASE", default_value = defaults::LEASE, value_parser = humantime::parse_duration)]
     lease: Duration,
@@ -236,6 +239,7 @@ impl RunArgs {
             database_url: DatabaseUrl::new(self.database.database_url.clone()),
             wakeup: self.wakeup,
             poll_interval: self.poll_interval,
+            logical_interval: self.logical_interval,
             lease: self.lease,
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,

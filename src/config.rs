@@ -14,6 +14,8 @@ pub mod defaults {
     /// Safety-net poll for scheduled retries, `deliver_after` and missed
     /// wake-ups.
     pub const POLL_INTERVAL: &str = "5s";
+    /// How often logical wake-up reads its replication slot.
+    pub const LOGICAL_INTERVAL: &str = "20ms";
     /// How long a claim holds a delivery before another replica may take it.
     pub const LEASE: &str = "60s";
     /// Whole-request timeout (connect, send, response, body).
@@ -48,6 +50,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 pub enum Wakeup {
     /// `LISTEN` on the channel that the insert trigger notifies.
     Notify,
+    /// Poll a temporary logical replication slot (needs wal_level=logical).
+    Logical,
     /// The state poll alone.
     Poll,
 }
@@ -128,6 +132,8 @@ pub struct Config {
     pub wakeup: Wakeup,
     /// The safety-net state poll; new rows normally arrive by wake-up.
     pub poll_interval: Duration,
+    /// How often the logical wake-up reads its replication slot.
+    pub logical_interval: Duration,
     /// Claim lease; a crashed replica's rows are claimable after it.
     pub lease: Duration,
     /// Default per-request timeout (an endpoint's `timeout_ms` overrides).
@@ -189,6 +195,7 @@ impl Config {
             database_url,
             wakeup: Wakeup::Notify,
             poll_interval: parse(defaults::POLL_INTERVAL),
+            logical_interval: parse(defaults::LOGICAL_INTERVAL),
             lease: parse(defaults::LEASE),
             request_timeout: parse(defaults::REQUEST_TIMEOUT),
             connect_timeout: parse(defaults::CONNECT_TIMEOUT),
@@ -214,6 +221,9 @@ impl Config {
         }
         if self.poll_interval.is_zero() {
             return Err(ConfigError::ZeroDuration("--poll-interval"));
+        }
+        if self.logical_interval.is_zero() {
+            return Err(ConfigError::ZeroDuration("--logical-interval"));
         }
         if self.request_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration("--request-timeout"));
@@ -246,6 +256,7 @@ impl Config {
             ("database_url", format!("{:?}", self.database_url)),
             ("wakeup", format!("{:?}", self.wakeup).to_lowercase()),
             ("poll_interval", duration(self.poll_interval)),
+            ("logical_interval", duration(self.logical_interval)),
             ("lease", duration(self.lease)),
             ("request_timeout", duration(self.request_timeout)),
             ("connect_timeout", duration(self.connect_timeout)),

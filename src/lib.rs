@@ -15,7 +15,7 @@
 //! - [`db`]: connections, embedded migrations (`sql/migrations`) and the
 //!   named queries (`sql/queries`);
 //! - [`sidecar`]: wiring and the shutdown sequence of `outboxd run`;
-//! - [`listener`]: `LISTEN` on a dedicated connection, with reconnects;
+//! - [`wakeup`]: `LISTEN` or a logical replication slot, with reconnects;
 //! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;
 //! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
 //! - [`writer`]: fenced, batched outcome write-back;
@@ -38,10 +38,10 @@ pub mod delivery;
 pub mod demo;
 pub mod dispatcher;
 pub mod embedded;
-pub mod listener;
 pub mod maintenance;
 pub mod retry;
 pub mod sidecar;
 pub mod signature;
 pub mod telemetry;
+pub mod wakeup;
 pub mod writer;

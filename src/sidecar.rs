@@ -22,8 +22,9 @@ use crate::db::{Backoff, Db, DbError};
 use crate::delivery::Deliverer;
 use crate::delivery::request::ClientError;
 use crate::dispatcher::Dispatcher;
+use crate::wakeup::{self, logical};
 use crate::writer::Writer;
-use crate::{listener, maintenance, telemetry};
+use crate::{maintenance, telemetry};
 
 /// How long the writer may keep retrying after shutdown before it gives up
 /// on outcomes it cannot store (their leases then expire: redelivered).
@@ -44,6 +45,9 @@ pub enum SidecarError {
     /// The database refused us for a reason reconnecting will not fix.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// Logical wake-up cannot run on this server or role.
+    #[error(transparent)]
+    Logical(#[from] logical::LogicalError),
     /// The admin address is taken or not ours.
     #[error(
         "cannot serve the admin server on {addr}: {source} (change --admin-addr or pass --no-admin)"
@@ -79,7 +83,7 @@ pub async fn run(
     let config = Arc::new(config);
     let db = Db::new(&config.database_url)?;
     let deliverer = Deliverer::new(&config)?;
-    if !prepare_database(&db, migrate, &shutdown).await? {
+    if !prepare_database(&db, &config, migrate, &shutdown).await? {
         return Ok(());
     }
 
@@ -97,18 +101,19 @@ pub async fn run(
 
     let stop_listening = CancellationToken::new();
     let listening = Arc::new(AtomicBool::new(false));
-    let listener = (config.wakeup == Wakeup::Notify).then(|| {
-        tokio::spawn(listener::run(
-            db.clone(),
-            wake.clone(),
-            listening.clone(),
-            stop_listening.clone(),
-        ))
-    });
+    let listener = wakeup::spawn(
+        config.wakeup,
+        db.clone(),
+        logical::slot_name(&config.worker_id),
+        config.logical_interval,
+        wake.clone(),
+        listening.clone(),
+        stop_listening.clone(),
+    );
 
     let readiness = Arc::new(Readiness::new(
         db.clone(),
-        (config.wakeup == Wakeup::Notify).then(|| listening.clone()),
+        (config.wakeup != Wakeup::Poll).then(|| listening.clone()),
     ));
     let admin = match config.admin_addr {
         Some(addr) => {
@@ -180,6 +185,7 @@ pub async fn run(
 /// schema version and the clocks. `Ok(false)`: shut down while waiting.
 async fn prepare_database(
     db: &Db,
+    config: &Config,
     migrate: bool,
     shutdown: &CancellationToken,
 ) -> Result<bool, SidecarError> {
@@ -205,6 +211,9 @@ async fn prepare_database(
     let found = schema_version(&client).await?;
     if found < needed {
         return Err(SidecarError::NotMigrated { found, needed });
+    }
+    if config.wakeup == Wakeup::Logical {
+        logical::check(&client).await?;
     }
     warn_on_clock_skew(&client).await?;
     Ok(true)

@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_message_status.sql"),
     migration!(3, "0003_operations.sql"),
     migration!(6, "0006_ordering_and_fairness.sql"),
+    migration!(8, "0008_logical_wakeup.sql"),
 ];
 
 /// Arbitrary constant key for `pg_advisory_xact_lock`: "outboxd" in ASCII.

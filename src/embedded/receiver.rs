@@ -41,6 +41,9 @@ pub struct Received {
     pub verified: Option<Result<(), VerifyError>>,
     /// The status the script answered.
     pub status: u16,
+    /// When the answer was handed back (after any scripted delay); `None`
+    /// while the request is still being answered.
+    pub replied_at: Option<SystemTime>,
 }
 
 impl Received {
@@ -264,17 +267,20 @@ async fn handle(
         nth,
         verified,
         status: 0,
+        replied_at: None,
     };
     let reply = (state.script)(&received);
     received.status = reply.status;
-    {
+    let index = {
         let mut log = lock(&state.log);
         log.push(received);
         state.count.send_replace(log.len());
-    }
+        log.len() - 1
+    };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    lock(&state.log)[index].replied_at = Some(SystemTime::now());
     let mut response = hyper::Response::new(Full::new(reply.body));
     *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);

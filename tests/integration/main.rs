@@ -6,6 +6,7 @@ mod common;
 mod claiming;
 mod cli;
 mod delivery;
+mod logical;
 mod migrations;
 mod operations;
 mod ordering;

@@ -10,46 +10,17 @@ use outboxd::retry::RetryPolicy;
 use outboxd::signature::Secret;
 
 use crate::common::*;
-
-/// Watches a receiver's requests per ordering key: how many were in flight
-/// at once, and the order of successful ones.
-#[derive(Default)]
-struct KeyWatch {
-    in_flight: HashMap<String, usize>,
-    max_in_flight: usize,
-    delivered: HashMap<String, Vec<i64>>,
-}
+use outboxd::embedded::receiver::Received;
 
 /// A receiver whose payloads are `{"key": K, "seq": N}`; it fails about
 /// `fail_percent` of first attempts and answers after `delay`.
-async fn keyed_receiver(
-    watch: Arc<Mutex<KeyWatch>>,
-    fail_percent: u32,
-    delay: Duration,
-) -> Receiver {
+async fn keyed_receiver(fail_percent: u32, delay: Duration) -> Receiver {
     Receiver::start(None, move |r| {
         let body = r.json().unwrap();
-        let key = body["key"].as_str().unwrap().to_owned();
-        let seq = body["seq"].as_i64().unwrap();
+        let key: u32 = body["key"].as_str().unwrap().bytes().map(u32::from).sum();
+        let seq = body["seq"].as_i64().unwrap() as u32;
         // Only first attempts fail, so every delivery succeeds eventually.
-        let key_hash: u32 = key.bytes().map(u32::from).sum();
-        let fail = r.nth == 1 && (seq as u32 * 7919 + key_hash * 31) % 100 < fail_percent;
-        let mut w = watch.lock().unwrap();
-        let n = w.in_flight.entry(key.clone()).or_default();
-        *n += 1;
-        let now = *n;
-        w.max_in_flight = w.max_in_flight.max(now);
-        if !fail {
-            w.delivered.entry(key.clone()).or_default().push(seq);
-        }
-        drop(w);
-        // The request is "in flight" until the reply; the receiver's script
-        // runs before the delay, so count it down after the delay.
-        let watch = watch.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            *watch.lock().unwrap().in_flight.get_mut(&key).unwrap() -= 1;
-        });
+        let fail = r.nth == 1 && (seq * 7919 + key * 31) % 100 < fail_percent;
         let reply = if fail {
             Reply::status(500)
         } else {
@@ -59,6 +30,37 @@ async fn keyed_receiver(
     })
     .await
     .unwrap()
+}
+
+/// Per key: requests never overlap (each arrives after the previous one was
+/// answered) and the successful ones carry seq 0, 1, 2, ... in order.
+fn assert_one_at_a_time_in_order(received: &[Received], keys: usize, per_key: i64) {
+    let mut by_key: HashMap<String, Vec<&Received>> = HashMap::new();
+    for r in received {
+        let key = r.json().unwrap()["key"].as_str().unwrap().to_owned();
+        by_key.entry(key).or_default().push(r);
+    }
+    assert_eq!(by_key.len(), keys);
+    for (key, mut requests) in by_key {
+        requests.sort_by_key(|r| r.at);
+        for pair in requests.windows(2) {
+            let answered = pair[0].replied_at.expect("answered");
+            assert!(
+                pair[1].at >= answered,
+                "key {key}: two requests in flight at once"
+            );
+        }
+        let delivered: Vec<i64> = requests
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.json().unwrap()["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            delivered,
+            (0..per_key).collect::<Vec<_>>(),
+            "key {key} out of order"
+        );
+    }
 }
 
 async fn insert_keyed(db: &TestDb, keys: i32, per_key: i32) {
@@ -76,19 +78,10 @@ async fn insert_keyed(db: &TestDb, keys: i32, per_key: i32) {
     }
 }
 
-fn assert_in_order(watch: &KeyWatch, keys: usize, per_key: i64) {
-    assert_eq!(watch.delivered.len(), keys);
-    for (key, seqs) in &watch.delivered {
-        let expected: Vec<i64> = (0..per_key).collect();
-        assert_eq!(seqs, &expected, "key {key} out of order");
-    }
-}
-
 #[tokio::test]
 async fn a_key_goes_out_one_at_a_time_in_id_order() {
     let db = fresh_db().await;
-    let watch = Arc::new(Mutex::new(KeyWatch::default()));
-    let receiver = keyed_receiver(watch.clone(), 20, Duration::from_millis(2)).await;
+    let receiver = keyed_receiver(20, Duration::from_millis(2)).await;
     add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
     let mut cfg = config(&db);
     cfg.retry =
@@ -97,16 +90,13 @@ async fn a_key_goes_out_one_at_a_time_in_id_order() {
     insert_keyed(&db, 4, 25).await;
     assert!(wait_settled(&db.client, WAIT).await);
     sidecar.stop().await;
-    let w = watch.lock().unwrap();
-    assert_in_order(&w, 4, 25);
-    assert_eq!(w.max_in_flight, 1, "never two requests of one key at once");
+    assert_one_at_a_time_in_order(&receiver.received(), 4, 25);
 }
 
 #[tokio::test]
 async fn hundred_keys_stay_ordered_across_three_replicas_with_failures() {
     let db = fresh_db().await;
-    let watch = Arc::new(Mutex::new(KeyWatch::default()));
-    let receiver = keyed_receiver(watch.clone(), 10, Duration::ZERO).await;
+    let receiver = keyed_receiver(10, Duration::ZERO).await;
     add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
     db.client
         .execute("UPDATE outbox.endpoints SET max_in_flight = 64", &[])
@@ -130,9 +120,7 @@ async fn hundred_keys_stay_ordered_across_three_replicas_with_failures() {
         sidecar.stop().await;
     }
     assert_eq!(count_status(&db.client, "delivered").await, 10_000);
-    let w = watch.lock().unwrap();
-    assert_in_order(&w, 100, 100);
-    assert_eq!(w.max_in_flight, 1);
+    assert_one_at_a_time_in_order(&receiver.received(), 100, 100);
     let retried = receiver
         .received()
         .iter()

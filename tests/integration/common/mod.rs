@@ -34,24 +34,40 @@ struct Cluster {
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static LOGICAL_CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         // Its own thread and runtime: tests call this from inside theirs.
-        std::thread::spawn(start_cluster)
+        std::thread::spawn(|| start_cluster(Vec::new(), true))
             .join()
             .expect("starting the test cluster")
     })
 }
 
-fn start_cluster() -> Cluster {
-    let (server, admin_url) = match std::env::var(EXTERNAL) {
-        Ok(url) => (None, url),
-        Err(_) => {
+/// A second throwaway cluster with `wal_level = logical`, started on first
+/// use (always throwaway: it needs settings an existing server may lack).
+fn logical_cluster() -> &'static Cluster {
+    LOGICAL_CLUSTER.get_or_init(|| {
+        let settings = vec![
+            ("wal_level".to_owned(), "logical".to_owned()),
+            ("max_replication_slots".to_owned(), "40".to_owned()),
+        ];
+        std::thread::spawn(move || start_cluster(settings, false))
+            .join()
+            .expect("starting the logical test cluster")
+    })
+}
+
+fn start_cluster(settings: Vec<(String, String)>, external_allowed: bool) -> Cluster {
+    let external = std::env::var(EXTERNAL).ok().filter(|_| external_allowed);
+    let (server, admin_url) = match external {
+        Some(url) => (None, url),
+        None => {
             let server = TempPostgres::start(&Options {
                 unsafe_fast: true,
-                ..Options::default()
+                settings,
             })
             .expect("throwaway PostgreSQL (is the server installed? see .ci/install-postgres)");
             let url = server.url("postgres");
@@ -113,16 +129,21 @@ impl TestDb {
 
 /// A fresh, migrated database.
 pub async fn fresh_db() -> TestDb {
-    create_db(&cluster().template).await
+    create_db(cluster(), &cluster().template).await
+}
+
+/// A fresh, migrated database on a server with `wal_level = logical`.
+pub async fn fresh_logical_db() -> TestDb {
+    let cluster = logical_cluster();
+    create_db(cluster, &cluster.template).await
 }
 
 /// A fresh database without the outbox schema.
 pub async fn empty_db() -> TestDb {
-    create_db("template0").await
+    create_db(cluster(), "template0").await
 }
 
-async fn create_db(template: &str) -> TestDb {
-    let cluster = cluster();
+async fn create_db(cluster: &Cluster, template: &str) -> TestDb {
     let name = format!(
         "t{}_{}",
         std::process::id(),

@@ -1,0 +1,191 @@
+//! Logical polling: a dedicated connection holds a *temporary* logical
+//! replication slot (`pgoutput`, on the `outboxd_messages` publication of
+//! inserts into `outbox.messages`) and reads it with
+//! `pg_logical_slot_get_binary_changes` every few milliseconds. A decoded
+//! insert means a committed message: nudge the dispatcher. Producers pay
+//! nothing (no NOTIFY, no commit-time lock), and a temporary slot vanishes
+//! with its session, so a dead sidecar never pins WAL.
+//!
+//! Needs `wal_level = logical`, a free replication slot, and a role with
+//! `REPLICATION` (or superuser); [`check`] says which is missing, in one
+//! line, before the sidecar starts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Backoff, Db, DbError};
+use crate::telemetry;
+
+/// The publication created by `sql/migrations` (inserts into
+/// `outbox.messages` only).
+pub const PUBLICATION: &str = "outboxd_messages";
+
+const PEEK: &str = include_str!("../../sql/queries/logical_slot_read.sql");
+
+/// Why logical wake-up cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum LogicalError {
+    /// The server does not decode WAL logically.
+    #[error(
+        "OUTBOXD_WAKEUP=logical needs wal_level = logical, but the server has wal_level = {0}: \
+         run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL, or use OUTBOXD_WAKEUP=notify"
+    )]
+    WalLevel(String),
+    /// The role may not create replication slots.
+    #[error(
+        "OUTBOXD_WAKEUP=logical needs the REPLICATION attribute (or superuser) for role {0:?}: \
+         run ALTER ROLE \"{0}\" REPLICATION, or use OUTBOXD_WAKEUP=notify"
+    )]
+    Privilege(String),
+    /// Every replication slot is taken.
+    #[error(
+        "OUTBOXD_WAKEUP=logical needs a free replication slot, but all {0} are in use: \
+         raise max_replication_slots (restart needed) or drop unused slots"
+    )]
+    NoFreeSlot(i32),
+    /// `outboxd migrate` has not created the publication.
+    #[error("publication {PUBLICATION} is missing: run `outboxd migrate`")]
+    NoPublication,
+    /// The checks themselves failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Checks, in one round trip, everything logical wake-up needs.
+pub async fn check(client: &Client) -> Result<(), LogicalError> {
+    let row = client
+        .query_one(
+            include_str!("../../sql/queries/logical_prerequisites.sql"),
+            &[&PUBLICATION],
+        )
+        .await
+        .map_err(DbError::during("checking logical decoding prerequisites"))?;
+    let wal_level: String = row.get("wal_level");
+    if wal_level != "logical" {
+        return Err(LogicalError::WalLevel(wal_level));
+    }
+    if !row.get::<_, bool>("may_replicate") {
+        return Err(LogicalError::Privilege(row.get("role")));
+    }
+    if !row.get::<_, bool>("has_publication") {
+        return Err(LogicalError::NoPublication);
+    }
+    let (used, max): (i64, i32) = (row.get("slots_used"), row.get("slots_max"));
+    if used >= i64::from(max) {
+        return Err(LogicalError::NoFreeSlot(max));
+    }
+    Ok(())
+}
+
+/// A slot name for this process: `outboxd_` and the worker id, reduced to
+/// what slot names allow (lower-case letters, digits, underscores; 63).
+pub fn slot_name(worker_id: &str) -> String {
+    let cleaned: String = worker_id
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '_',
+        })
+        .collect();
+    let mut name = format!("outboxd_{cleaned}");
+    name.truncate(63);
+    name
+}
+
+/// Polls until `shutdown`, reconnecting (and recreating the slot) with
+/// backoff. `active` is true while a slot is held.
+pub async fn run(
+    db: Db,
+    slot: String,
+    interval: Duration,
+    wake: Arc<Notify>,
+    active: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new();
+    while !shutdown.is_cancelled() {
+        if let Err(error) = poll_slot(
+            &db,
+            &slot,
+            interval,
+            &wake,
+            &active,
+            &shutdown,
+            &mut backoff,
+        )
+        .await
+        {
+            telemetry::reconnect("logical");
+            tracing::warn!(%error, slot, "logical wake-up lost its connection; reconnecting");
+        }
+        active.store(false, Ordering::Relaxed);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// One connection's life: create the slot, nudge, then read it forever.
+async fn poll_slot(
+    db: &Db,
+    slot: &str,
+    interval: Duration,
+    wake: &Notify,
+    active: &AtomicBool,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), DbError> {
+    let client = db.connect().await?;
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)",
+            &[&slot],
+        )
+        .await
+        .map_err(DbError::during("creating the temporary replication slot"))?;
+    let read = client
+        .prepare(PEEK)
+        .await
+        .map_err(DbError::during("preparing the slot read"))?;
+    active.store(true, Ordering::Relaxed);
+    backoff.reset();
+    tracing::info!(
+        slot,
+        "logical wake-up: polling a temporary replication slot"
+    );
+    // Slot first, then look: rows committed before it are found by the poll.
+    wake.notify_one();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let inserts: i64 = client
+            .query_one(&read, &[&slot, &PUBLICATION])
+            .await
+            .map_err(DbError::during("reading the replication slot"))?
+            .get(0);
+        if inserts > 0 {
+            wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_name;
+
+    #[test]
+    fn slot_names_are_valid_and_recognisable() {
+        assert_eq!(slot_name("web-7f9.Pod-2"), "outboxd_web_7f9_pod_2");
+        assert_eq!(slot_name(&"x".repeat(100)).len(), 63);
+    }
+}
