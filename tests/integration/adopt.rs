@@ -12,6 +12,7 @@ use crate::common::*;
 
 mod backfill;
 mod checks;
+mod cli;
 
 /// The table Debezium's outbox event router reads, plus a business table.
 const DEBEZIUM: &str = "
