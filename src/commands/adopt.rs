@@ -38,8 +38,8 @@ const KEYS: [&str; 7] = [
 /// Settings of `outboxd adopt`.
 #[derive(Debug, Clone, Args)]
 pub struct AdoptArgs {
+    /// Where the outbox lives.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub database: DatabaseArgs,
     /// The application's outbox table, e.g. outboxevent or app.outbox_events.
     pub table: String,
@@ -80,8 +80,8 @@ pub struct AdoptArgs {
 /// Settings of `outboxd unadopt`.
 #[derive(Debug, Clone, Args)]
 pub struct UnadoptArgs {
+    /// Where the outbox lives.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub database: DatabaseArgs,
     /// The adopted table.
     pub table: String,
