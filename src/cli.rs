@@ -57,6 +57,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Check a received webhook's signature (for receivers and debugging).
     Verify(VerifyArgs),
+    /// Feed outbox.messages from an existing outbox table (Debezium's columns by default).
+    Adopt(commands::adopt::AdoptArgs),
+    /// Stop feeding outbox.messages from an adopted table (drops only what adopt installed).
+    Unadopt(commands::adopt::UnadoptArgs),
 }
 
 /// Settings of `outboxd status`.
@@ -347,6 +351,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => commands::verify::run(&args),
+        Command::Adopt(args) => {
+            let client = connect(&args.database).await?;
+            commands::adopt::adopt(&client, &args).await
+        }
+        Command::Unadopt(args) => {
+            let client = connect(&args.database).await?;
+            commands::adopt::unadopt(&client, &args.table).await
+        }
     }
 }
 

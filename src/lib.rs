@@ -10,7 +10,7 @@
 //! # Layout
 //! - [`cli`]: command-line definitions and the glue to the library;
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
-//! - [`commands`]: `status`, `endpoint`, `replay`, `verify`;
+//! - [`commands`]: `status`, `endpoint`, `replay`, `verify`, `adopt`;
 //! - [`config`]: validated settings;
 //! - [`db`]: connections, embedded migrations (`sql/migrations`) and the
 //!   named queries (`sql/queries`);

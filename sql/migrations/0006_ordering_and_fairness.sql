@@ -40,8 +40,10 @@ $$;
 
 -- Fan-out, now ordering-aware: a keyed delivery is due only if nothing
 -- earlier of its key is open; otherwise it waits ('infinity').
+-- SECURITY DEFINER: producers need only INSERT on outbox.messages, not
+-- rights on deliveries and endpoints (every name below is qualified).
 CREATE OR REPLACE FUNCTION outbox.fan_out() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     unknown text;
 BEGIN

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod adopt;
 mod claiming;
 mod cli;
 mod delivery;

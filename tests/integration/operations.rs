@@ -463,6 +463,16 @@ async fn every_select_in_docs_sql_md_runs() {
         &Secret::generate(),
     )
     .await;
+    // The tables that the adoption examples name.
+    db.client
+        .batch_execute(
+            "CREATE TABLE outboxevent (id uuid PRIMARY KEY, aggregatetype text, aggregateid text,
+                                       type text, payload jsonb, created_at timestamptz);
+             CREATE SCHEMA app;
+             CREATE TABLE app.events (id bigint, type text, body jsonb);",
+        )
+        .await
+        .unwrap();
     let doc = include_str!("../../docs/sql.md");
     let mut checked = 0;
     for block in doc.split("```sql").skip(1) {
