@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// Lease owner name (default: hostname-pid-random); must be unique per running process.
     #[arg(long, env = "OUTBOXD_WORKER_ID")]
     worker_id: Option<String>,
+    /// Let endpoints reach this otherwise refused range (loopback, private, link-local, ...),
+    /// e.g. 10.20.0.0/16 or 127.0.0.1; repeatable, comma-separated in the env var.
+    #[arg(long = "allow-network", env = "OUTBOXD_ALLOW_NETWORKS", value_delimiter = ',', value_parser = crate::delivery::egress::parse_network)]
+    allow_networks: Vec<ipnet::IpNet>,
 }
 
 impl RunArgs {
@@ -123,6 +127,7 @@ impl RunArgs {
                 .worker_id
                 .clone()
                 .unwrap_or_else(crate::config::default_worker_id),
+            allow_networks: self.allow_networks.clone(),
         };
         config.validate()?;
         Ok(config)

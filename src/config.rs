@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::retry::{self, RetryPolicy, ScheduleError};
 
 /// Defaults, shared by the CLI's `--help` and [`Config::new`].
@@ -111,6 +113,9 @@ pub struct Config {
     /// Lease owner name; unique per process so fencing can tell replicas
     /// apart.
     pub worker_id: String,
+    /// Non-public address ranges that endpoints may reach anyway (the SSRF
+    /// guard refuses loopback, private, link-local, ... by default).
+    pub allow_networks: Vec<IpNet>,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -155,6 +160,7 @@ impl Config {
             concurrency: defaults::CONCURRENCY,
             shutdown_grace: parse(defaults::SHUTDOWN_GRACE),
             worker_id: default_worker_id(),
+            allow_networks: Vec::new(),
         }
     }
 

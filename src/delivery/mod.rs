@@ -3,8 +3,10 @@
 //! [`Outcome`] for the writer.
 //!
 //! - [`request`] builds the signed request and performs it;
-//! - [`outcome`] turns what happened into the delivery's next state.
+//! - [`outcome`] turns what happened into the delivery's next state;
+//! - [`egress`] decides which addresses may be connected to (SSRF guard).
 
+pub mod egress;
 pub mod outcome;
 pub mod request;
 

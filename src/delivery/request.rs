@@ -1,12 +1,14 @@
 //! The HTTP side of an attempt: one shared `reqwest` client (keep-alive
-//! pool, connect and total timeouts, no redirects), Standard Webhooks
-//! headers, and a response read up to a cap.
+//! pool, connect and total timeouts, no redirects, the SSRF guard as its
+//! resolver), Standard Webhooks headers, and a response read up to a cap.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 
 use super::Job;
+use super::egress::{self, EgressPolicy, GuardedResolver};
 use super::outcome::{self, AttemptRecord, Exchange, Outcome};
 use crate::config::Config;
 use crate::retry::{RetryPolicy, parse_retry_after};
@@ -23,6 +25,7 @@ const USER_AGENT_VALUE: &str = concat!("outboxd/", env!("CARGO_PKG_VERSION"));
 #[derive(Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
+    egress: Arc<EgressPolicy>,
     default_timeout: Duration,
     retry: RetryPolicy,
 }
@@ -37,8 +40,13 @@ impl Deliverer {
     pub fn new(config: &Config) -> Result<Self, ClientError> {
         // reqwest is built without a bundled crypto provider; use ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let egress = Arc::new(EgressPolicy::new(config.allow_networks.clone()));
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY from the environment would connect through a
+            // proxy the guard never checked; only an explicit setting may.
+            .no_proxy()
+            .dns_resolver(GuardedResolver::new(egress.clone()))
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(config.concurrency)
@@ -47,6 +55,7 @@ impl Deliverer {
             .map_err(ClientError)?;
         Ok(Self {
             client,
+            egress,
             default_timeout: config.request_timeout,
             retry: config.retry.clone(),
         })
@@ -101,6 +110,10 @@ impl Deliverer {
                 url.scheme()
             ));
         }
+        // Names are checked by the resolver; literals never reach it.
+        self.egress
+            .check_literal(&url)
+            .map_err(|refused| refused.to_string())?;
         let timestamp = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -134,12 +147,15 @@ impl Deliverer {
         let mut response = match request.timeout(timeout).send().await {
             Ok(response) => response,
             Err(error) => {
-                return (
-                    Exchange::Failed {
+                let exchange = match egress::refusal_in(&error) {
+                    Some(refused) => Exchange::Invalid {
+                        error: refused.to_string(),
+                    },
+                    None => Exchange::Failed {
                         error: describe(&error, timeout),
                     },
-                    None,
-                );
+                };
+                return (exchange, None);
             }
         };
         let status = response.status().as_u16();

@@ -5,6 +5,7 @@ mod common;
 
 mod claiming;
 mod delivery;
+mod egress;
 mod migrations;
 mod retries;
 mod shutdown;
