@@ -8,4 +8,6 @@ mod delivery;
 mod egress;
 mod migrations;
 mod retries;
+mod roles;
 mod shutdown;
+mod validation;
