@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, DatabaseUrl, Wakeup, defaults};
 use crate::db::{self, Db};
 use crate::retry::{self, RetryPolicy};
-use crate::signature::{Secret, Verifier};
+use crate::signature::{Secret, Verifier, VerifyingKey, ed25519};
 
 /// Transactional-outbox webhook sidecar for PostgreSQL.
 ///
@@ -51,6 +51,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Check a received webhook's signature (for receivers and debugging).
     Verify(VerifyArgs),
+    /// Generate an endpoint key: an ed25519 pair (whsk_ secret key, whpk_ public key) or,
+    /// with --hmac, a whsec_ secret.
+    Keygen(KeygenArgs),
 }
 
 /// Where the outbox lives.
@@ -145,7 +148,7 @@ pub struct DemoArgs {
 /// Settings of `outboxd verify`.
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    /// Endpoint secret (whsec_...); repeat during a rotation.
+    /// Endpoint secret (whsec_...) or ed25519 public key (whpk_...); repeat during a rotation.
     #[arg(
         long = "secret",
         env = "OUTBOXD_VERIFY_SECRETS",
@@ -169,6 +172,14 @@ pub struct VerifyArgs {
     /// How far the timestamp may be from this machine's clock.
     #[arg(long, env = "OUTBOXD_VERIFY_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub tolerance: Duration,
+}
+
+/// Settings of `outboxd keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Print a symmetric whsec_ secret (shared with the receiver) instead of a key pair.
+    #[arg(long)]
+    pub hmac: bool,
 }
 
 /// Runs a parsed command to completion.
@@ -195,7 +206,30 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => verify(&args),
+        Command::Keygen(args) => keygen(&args),
     }
+}
+
+/// Prints the secret on the first line and, for a key pair, the public key
+/// on the second, so scripts can `read` them; the explanation goes to stderr.
+fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
+    if args.hmac {
+        let secret = Secret::try_generate().map_err(|_| {
+            anyhow::anyhow!("the operating system's random number generator failed")
+        })?;
+        println!("{}", secret.to_whsec());
+        eprintln!("store it in outbox.endpoints.secrets and give it to the receiver");
+        return Ok(());
+    }
+    let key = ed25519::SecretKey::generate()
+        .map_err(|_| anyhow::anyhow!("the operating system's random number generator failed"))?;
+    println!("{}", key.to_whsk());
+    println!("{}", key.public_key().to_whpk());
+    eprintln!(
+        "line 1 (whsk_): the secret key, store it in outbox.endpoints.secrets; \
+         line 2 (whpk_): the public key, give it to the receiver"
+    );
+    Ok(())
 }
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
@@ -203,7 +237,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         .secrets
         .iter()
         .enumerate()
-        .map(|(i, s)| Secret::parse(s).with_context(|| format!("--secret #{}", i + 1)))
+        .map(|(i, s)| VerifyingKey::parse(s).with_context(|| format!("--secret #{}", i + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let body = if args.body.as_os_str() == "-" {
         let mut body = Vec::new();
@@ -214,7 +248,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read(&args.body).with_context(|| format!("reading {}", args.body.display()))?
     };
-    let verifier = Verifier::new(secrets).with_tolerance(args.tolerance);
+    let verifier = Verifier::with_keys(secrets).with_tolerance(args.tolerance);
     if let Err(error) = verifier.verify(&args.id, &args.timestamp, &args.signature, &body) {
         bail!("invalid: {error}");
     }

@@ -16,9 +16,13 @@
 //! - [`listener`]: `LISTEN` on a dedicated connection, with reconnects;
 //! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;
 //! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
+//!   [`delivery::egress`] is the SSRF guard (which addresses may be
+//!   reached);
 //! - [`writer`]: fenced, batched outcome write-back;
 //! - [`retry`]: the retry schedule, jitter and `Retry-After`;
-//! - [`signature`]: Standard Webhooks signing and verification;
+//! - [`signature`]: Standard Webhooks signing and verification, HMAC
+//!   (`whsec_`, `v1,`) and ed25519 ([`signature::ed25519`]: `whsk_`/`whpk_`,
+//!   `v1a,`);
 //! - [`embedded`]: throwaway PostgreSQL and loopback receiver for the demo,
 //!   the benchmark and the tests;
 //! - [`demo`]: `outboxd demo`.

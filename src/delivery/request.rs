@@ -12,7 +12,7 @@ use super::egress::{self, EgressPolicy, GuardedResolver};
 use super::outcome::{self, AttemptRecord, Exchange, Outcome};
 use crate::config::Config;
 use crate::retry::{RetryPolicy, parse_retry_after};
-use crate::signature::{self, Secret};
+use crate::signature::{self, SigningKey};
 
 /// At most this much of a response body is ever read.
 pub const RESPONSE_READ_CAP: usize = 64 * 1024;
@@ -100,7 +100,7 @@ impl Deliverer {
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                Secret::parse(text).map_err(|e| format!("endpoint secret #{}: {e}", i + 1))
+                SigningKey::parse(text).map_err(|e| format!("endpoint secret #{}: {e}", i + 1))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let url = reqwest::Url::parse(&job.url).map_err(|e| format!("endpoint url: {e}"))?;
@@ -117,7 +117,8 @@ impl Deliverer {
         let timestamp = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let signature = signature::sign(&secrets, &job.event_id, timestamp, job.payload.as_bytes());
+        let signature =
+            signature::sign_with(&secrets, &job.event_id, timestamp, job.payload.as_bytes());
 
         let mut headers = extra_headers(&job.headers)?;
         let webhook = [

@@ -3,7 +3,9 @@
 
 mod common;
 
+mod asymmetric;
 mod claiming;
+mod cli;
 mod delivery;
 mod egress;
 mod migrations;
