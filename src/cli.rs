@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// e.g. 10.20.0.0/16 or 127.0.0.1; repeatable, comma-separated in the env var.
     #[arg(long = "allow-network", env = "OUTBOXD_ALLOW_NETWORKS", value_delimiter = ',', value_parser = crate::delivery::egress::parse_network)]
     allow_networks: Vec<ipnet::IpNet>,
+    /// Send every webhook through this HTTP proxy, e.g. http://egress.internal:3128 (static
+    /// egress IPs). HTTP_PROXY/HTTPS_PROXY are ignored; targets are still checked.
+    #[arg(long, env = "OUTBOXD_EGRESS_PROXY", hide_env_values = true, value_parser = crate::delivery::egress::EgressProxy::parse)]
+    egress_proxy: Option<crate::delivery::egress::EgressProxy>,
 }
 
 impl RunArgs {
@@ -131,6 +135,7 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(crate::config::default_worker_id),
             allow_networks: self.allow_networks.clone(),
+            egress_proxy: self.egress_proxy.clone(),
         };
         config.validate()?;
         Ok(config)

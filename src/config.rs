@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::delivery::egress::EgressProxy;
 use crate::retry::{self, RetryPolicy, ScheduleError};
 
 /// Defaults, shared by the CLI's `--help` and [`Config::new`].
@@ -116,6 +117,9 @@ pub struct Config {
     /// Non-public address ranges that endpoints may reach anyway (the SSRF
     /// guard refuses loopback, private, link-local, ... by default).
     pub allow_networks: Vec<IpNet>,
+    /// Send every request through this HTTP proxy (static egress
+    /// addresses); targets are still checked before each request.
+    pub egress_proxy: Option<EgressProxy>,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -161,6 +165,7 @@ impl Config {
             shutdown_grace: parse(defaults::SHUTDOWN_GRACE),
             worker_id: default_worker_id(),
             allow_networks: Vec::new(),
+            egress_proxy: None,
         }
     }
 

@@ -31,7 +31,10 @@ SELECT c.id,
        e.url,
        e.secrets,
        e.timeout_ms,
-       e.headers::text AS headers
+       e.headers::text AS headers,
+       e.ca_pem,
+       e.client_cert_pem,
+       e.client_key_pem
 FROM claimed c
 JOIN outbox.messages m ON m.id = c.message_id
 JOIN outbox.endpoints e ON e.id = c.endpoint_id

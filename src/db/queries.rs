@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tokio_postgres::{Client, Statement};
 
 use super::{Db, DbError};
-use crate::delivery::{Job, Outcome, Verdict};
+use crate::delivery::{EndpointTls, Job, Outcome, Verdict};
 
 const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
 const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
@@ -78,6 +78,11 @@ impl Queries {
                     .get::<_, Option<i32>>("timeout_ms")
                     .map(|ms| Duration::from_millis(ms.max(1) as u64)),
                 headers: row.get("headers"),
+                tls: EndpointTls {
+                    ca_pem: row.get("ca_pem"),
+                    client_cert_pem: row.get("client_cert_pem"),
+                    client_key_pem: row.get("client_key_pem"),
+                },
             })
             .collect())
     }

@@ -17,6 +17,18 @@
 //! and connect. IP-literal hosts never reach a resolver, so
 //! [`EgressPolicy::check_literal`] checks those before the request is sent.
 //!
+//! With an egress proxy (`--egress-proxy`, for static egress addresses) the
+//! HTTP client connects only to the proxy, which the operator chose and
+//! which is not checked; the proxy resolves and connects to the target. So
+//! before each proxied request outboxd checks the target itself: IP
+//! literals always, names by resolving them ([`EgressPolicy::resolve`]) and
+//! refusing when every address is refused. That catches misconfigured and
+//! casually malicious URLs, but the proxy's own lookup may differ from
+//! outboxd's (DNS rebinding), so behind a proxy the proxy must enforce the
+//! same policy (e.g. Stripe's Smokescreen) and outboxd's check is defence in
+//! depth. When outboxd cannot resolve a name itself (egress networks often
+//! leave DNS to the proxy) the request goes to the proxy unchecked.
+//!
 //! This module owns the policy; it does not build clients or judge outcomes.
 
 use std::fmt;
@@ -202,6 +214,41 @@ pub fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Refused> 
         current = error.source();
     }
     None
+}
+
+/// An egress proxy (`--egress-proxy`): every request goes through it, for
+/// static egress addresses. `Debug` hides a password in the URL.
+#[derive(Clone)]
+pub struct EgressProxy(Arc<(reqwest::Url, reqwest::Proxy)>);
+
+impl EgressProxy {
+    /// Parses `http://[user:password@]host:port` (or `https://`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(text.trim())
+            .map_err(|e| format!("the egress proxy is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err("the egress proxy must be an http:// or https:// URL with a host".into());
+        }
+        let proxy = reqwest::Proxy::all(url.clone())
+            .map_err(|_| "the egress proxy URL is not usable as a proxy".to_owned())?;
+        Ok(Self(Arc::new((url, proxy))))
+    }
+
+    /// The proxy setting for an HTTP client.
+    pub fn to_reqwest(&self) -> reqwest::Proxy {
+        self.0.1.clone()
+    }
+}
+
+impl fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.0.clone();
+        if shown.password().is_some() {
+            // Cannot fail: the URL has a host (checked in parse).
+            let _ = shown.set_password(Some("<redacted>"));
+        }
+        write!(f, "EgressProxy({shown})")
+    }
 }
 
 /// Parses a `--allow-network` value: a CIDR (`10.0.0.0/8`) or one address.
@@ -409,6 +456,19 @@ mod tests {
             policy.filter(Vec::new()),
             Err(ResolveError::NoAddress)
         ));
+    }
+
+    #[test]
+    fn proxy_urls_are_checked_and_their_passwords_hidden() {
+        let proxy = EgressProxy::parse("http://egress:hunter2@10.0.0.9:3128").unwrap();
+        let shown = format!("{proxy:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("egress:") && shown.contains("10.0.0.9:3128"),
+            "{shown}"
+        );
+        assert!(EgressProxy::parse("socks5://10.0.0.9:1080").is_err());
+        assert!(EgressProxy::parse("10.0.0.9:3128").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Every address here is on loopback: the guard is what is under test, so a
 //! target it wrongly let through must still not leave the machine.
 
+use outboxd::delivery::egress::EgressProxy;
 use outboxd::signature::Secret;
 
 use crate::common::*;
@@ -129,4 +130,40 @@ async fn refused_endpoints_do_not_hold_up_the_others() {
             ("open".into(), "delivered".into(), 5, None, 1),
         ]
     );
+}
+
+#[tokio::test]
+async fn an_egress_proxy_carries_requests_and_targets_are_still_checked() {
+    let db = fresh_db().await;
+    let secret = Secret::generate();
+    // A plain HTTP receiver stands in for the forward proxy: it answers
+    // every request it is handed, which is what the test needs to see.
+    let proxy = ok_receiver(None).await;
+    let proxy_url = proxy.url().replace("/webhook", "");
+    add_endpoint(&db.client, "via", "http://127.0.0.2:9/hook", None, &secret).await;
+    add_endpoint(&db.client, "literal", "http://127.0.0.3:9/", None, &secret).await;
+    add_endpoint(&db.client, "named", "http://localhost:9/", None, &secret).await;
+    let mut config = config(&db);
+    config.allow_networks = vec!["127.0.0.2/32".parse().unwrap()];
+    config.egress_proxy = Some(EgressProxy::parse(&proxy_url).unwrap());
+    let sidecar = spawn(config);
+
+    insert_message(&db.client, "m", "t", "{}").await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    let got = proxy.received();
+    assert_eq!(got.len(), 1, "only the permitted target went to the proxy");
+    assert_eq!(got[0].header("host"), Some("127.0.0.2:9"));
+    assert_eq!(got[0].webhook_id, "m");
+    assert_eq!(delivery(&db, "via").await.0, "delivered");
+    let (status, _, error) = delivery(&db, "literal").await;
+    assert_eq!(status, "dead");
+    assert_eq!(
+        error.as_deref(),
+        Some("refused: 127.0.0.3 is a loopback address (open it with --allow-network)")
+    );
+    let (status, _, error) = delivery(&db, "named").await;
+    assert_eq!(status, "dead");
+    assert!(error.unwrap().contains("is a loopback address"));
 }

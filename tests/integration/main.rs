@@ -12,4 +12,5 @@ mod migrations;
 mod retries;
 mod roles;
 mod shutdown;
+mod tls;
 mod validation;
