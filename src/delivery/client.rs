@@ -28,10 +28,7 @@ pub struct ClientError(#[source] reqwest::Error);
 
 /// The shared client and the per-endpoint ones.
 pub struct Clients {
-    connect_timeout: Duration,
-    pool_size: usize,
-    egress: Arc<EgressPolicy>,
-    proxy: Option<EgressProxy>,
+    base: Base,
     shared: reqwest::Client,
     /// Endpoint id → (hash of its TLS settings, its client).
     custom: Mutex<HashMap<String, ([u8; 32], reqwest::Client)>>,
@@ -40,16 +37,17 @@ pub struct Clients {
 impl Clients {
     /// The shared client; per-endpoint ones are built on first use.
     pub fn new(config: &Config, egress: Arc<EgressPolicy>) -> Result<Self, ClientError> {
-        let mut clients = Self {
+        let base = Base {
             connect_timeout: config.connect_timeout,
             pool_size: config.concurrency,
             egress,
             proxy: config.egress_proxy.clone(),
-            shared: reqwest::Client::new(),
-            custom: Mutex::new(HashMap::new()),
         };
-        clients.shared = clients.builder().build().map_err(ClientError)?;
-        Ok(clients)
+        Ok(Self {
+            shared: base.builder().build().map_err(ClientError)?,
+            base,
+            custom: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The client for an endpoint: the shared one unless it has its own TLS
@@ -74,7 +72,7 @@ impl Clients {
             return Ok(client.clone());
         }
         let client =
-            with_tls(self.builder(), tls)?
+            with_tls(self.base.builder(), tls)?
                 .build()
                 .map_err(|_| match tls.client_cert_pem {
                     Some(_) => "endpoint client_cert_pem/client_key_pem: not a usable certificate \
@@ -88,9 +86,19 @@ impl Clients {
 
     /// Whether requests go through an egress proxy.
     pub fn proxied(&self) -> bool {
-        self.proxy.is_some()
+        self.base.proxy.is_some()
     }
+}
 
+/// What every client has in common.
+struct Base {
+    connect_timeout: Duration,
+    pool_size: usize,
+    egress: Arc<EgressPolicy>,
+    proxy: Option<EgressProxy>,
+}
+
+impl Base {
     fn builder(&self) -> reqwest::ClientBuilder {
         let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -8,6 +8,7 @@ mod claiming;
 mod cli;
 mod delivery;
 mod egress;
+mod hygiene;
 mod migrations;
 mod retries;
 mod roles;
