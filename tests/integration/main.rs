@@ -8,6 +8,7 @@ mod claiming;
 mod cli;
 mod delivery;
 mod egress;
+mod fuzzing;
 mod hygiene;
 mod migrations;
 mod retries;
