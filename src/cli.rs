@@ -109,7 +109,7 @@ pub struct RunArgs {
     /// e.g. 10.20.0.0/16 or 127.0.0.1; repeatable, comma-separated in the env var.
     #[arg(long = "allow-network", env = "OUTBOXD_ALLOW_NETWORKS", value_delimiter = ',', value_parser = crate::delivery::egress::parse_network)]
     allow_networks: Vec<ipnet::IpNet>,
-    /// Send every webhook through this HTTP proxy, e.g. http://egress.internal:3128 (static
+    /// Send every webhook through this HTTP proxy, e.g. `http://egress.internal:3128` (static
     /// egress IPs). HTTP_PROXY/HTTPS_PROXY are ignored; targets are still checked.
     #[arg(long, env = "OUTBOXD_EGRESS_PROXY", hide_env_values = true, value_parser = crate::delivery::egress::EgressProxy::parse)]
     egress_proxy: Option<crate::delivery::egress::EgressProxy>,

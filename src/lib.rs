@@ -17,7 +17,8 @@
 //! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;
 //! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
 //!   [`delivery::egress`] is the SSRF guard (which addresses may be
-//!   reached);
+//!   reached), [`delivery::client`] the shared and per-endpoint (custom
+//!   TLS) HTTP clients;
 //! - [`writer`]: fenced, batched outcome write-back;
 //! - [`retry`]: the retry schedule, jitter and `Retry-After`;
 //! - [`signature`]: Standard Webhooks signing and verification, HMAC
