@@ -61,6 +61,9 @@ pub enum Command {
     Adopt(commands::adopt::AdoptArgs),
     /// Stop feeding outbox.messages from an adopted table (drops only what adopt installed).
     Unadopt(commands::adopt::UnadoptArgs),
+    /// Generate an endpoint key: an ed25519 pair (whsk_ secret key, whpk_ public key) or,
+    /// with --hmac, a whsec_ secret.
+    Keygen(KeygenArgs),
 }
 
 /// Settings of `outboxd status`.
@@ -234,6 +237,14 @@ pub struct RunArgs {
     /// Print the effective configuration (secrets masked) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Let endpoints reach this otherwise refused range (loopback, private, link-local, ...),
+    /// e.g. 10.20.0.0/16 or 127.0.0.1; repeatable, comma-separated in the env var.
+    #[arg(long = "allow-network", env = "OUTBOXD_ALLOW_NETWORKS", value_delimiter = ',', value_parser = crate::delivery::egress::parse_network)]
+    allow_networks: Vec<ipnet::IpNet>,
+    /// Send every webhook through this HTTP proxy, e.g. `http://egress.internal:3128` (static
+    /// egress IPs). HTTP_PROXY/HTTPS_PROXY are ignored; targets are still checked.
+    #[arg(long, env = "OUTBOXD_EGRESS_PROXY", hide_env_values = true, value_parser = crate::delivery::egress::EgressProxy::parse)]
+    egress_proxy: Option<crate::delivery::egress::EgressProxy>,
 }
 
 impl RunArgs {
@@ -263,6 +274,8 @@ impl RunArgs {
                 dead: self.dead_retention,
                 every: self.purge_interval,
             }),
+            allow_networks: self.allow_networks.clone(),
+            egress_proxy: self.egress_proxy.clone(),
         };
         config.validate()?;
         Ok(config)
@@ -280,7 +293,7 @@ pub struct DemoArgs {
 /// Settings of `outboxd verify`.
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    /// Endpoint secret (whsec_...); repeat during a rotation.
+    /// Endpoint secret (whsec_...) or ed25519 public key (whpk_...); repeat during a rotation.
     #[arg(
         long = "secret",
         env = "OUTBOXD_VERIFY_SECRETS",
@@ -304,6 +317,14 @@ pub struct VerifyArgs {
     /// How far the timestamp may be from this machine's clock.
     #[arg(long, env = "OUTBOXD_VERIFY_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub tolerance: Duration,
+}
+
+/// Settings of `outboxd keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Print a symmetric whsec_ secret (shared with the receiver) instead of a key pair.
+    #[arg(long)]
+    pub hmac: bool,
 }
 
 /// Runs a parsed command to completion.
@@ -351,6 +372,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => commands::verify::run(&args),
+        Command::Keygen(args) => commands::keygen::run(&args),
         Command::Adopt(args) => {
             let client = connect(&args.database).await?;
             commands::adopt::adopt(&client, &args).await
@@ -400,6 +422,8 @@ async fn endpoint(client: &tokio_postgres::Client, command: EndpointCommand) -> 
     }
 }
 
+/// Prints the secret on the first line and, for a key pair, the public key
+/// on the second, so scripts can `read` them; the explanation goes to stderr.
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_postgres::{Client, Statement};
 
 use super::{Db, DbError};
-use crate::delivery::{Job, Outcome, Verdict};
+use crate::delivery::{EndpointTls, Job, Outcome, Verdict};
 
 const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
 const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
@@ -88,6 +88,11 @@ impl Queries {
                 age_at_claim: Duration::try_from_secs_f64(row.get::<_, f64>("age_secs"))
                     .unwrap_or_default(),
                 claimed_at,
+                tls: EndpointTls {
+                    ca_pem: row.get("ca_pem"),
+                    client_cert_pem: row.get("client_cert_pem"),
+                    client_key_pem: row.get("client_key_pem"),
+                },
             })
             .collect())
     }

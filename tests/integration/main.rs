@@ -4,12 +4,20 @@
 mod common;
 
 mod adopt;
+mod asymmetric;
 mod claiming;
 mod cli;
 mod delivery;
+mod egress;
+mod fuzzing;
+mod hygiene;
+mod keys_cli;
 mod logical;
 mod migrations;
 mod operations;
 mod ordering;
 mod retries;
+mod roles;
 mod shutdown;
+mod tls;
+mod validation;
