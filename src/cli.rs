@@ -64,6 +64,46 @@ pub enum Command {
     /// Generate an endpoint key: an ed25519 pair (whsk_ secret key, whpk_ public key) or,
     /// with --hmac, a whsec_ secret.
     Keygen(KeygenArgs),
+    /// Measure throughput, latency, producer cost and claim cost beside the machine's ceilings.
+    Bench(BenchArgs),
+}
+
+/// Settings of `outboxd bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Create the bench database on this server instead of starting a throwaway one.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Messages in the drained backlog.
+    #[arg(long, default_value_t = 50_000)]
+    pub messages: u64,
+    /// `outboxd run` processes draining it.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// Requests in flight per sidecar.
+    #[arg(long, default_value_t = defaults::CONCURRENCY)]
+    pub concurrency: usize,
+    /// Rows per claim.
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Endpoints (all on the in-process receiver).
+    #[arg(long, default_value_t = 1)]
+    pub endpoints: u32,
+    /// Endpoints each message goes to (at most --endpoints).
+    #[arg(long, default_value_t = 1)]
+    pub fan_out: u32,
+    /// Finished rows beside the second claim-cost measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub finished_rows: u64,
+    /// Seconds for each producer mode and for the steady-load latency.
+    #[arg(long, default_value_t = 5.0)]
+    pub phase_secs: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Settings of `outboxd status`.
@@ -373,6 +413,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => commands::verify::run(&args),
         Command::Keygen(args) => commands::keygen::run(&args),
+        Command::Bench(args) => bench(args).await,
         Command::Adopt(args) => {
             let client = connect(&args.database).await?;
             commands::adopt::adopt(&client, &args).await
@@ -382,6 +423,35 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             commands::adopt::unadopt(&client, &args.table).await
         }
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.fan_out == 0 || args.fan_out > args.endpoints {
+        bail!(
+            "--fan-out must be between 1 and --endpoints ({})",
+            args.endpoints
+        );
+    }
+    let options = crate::bench::Options {
+        messages: args.messages,
+        replicas: args.replicas.max(1),
+        concurrency: args.concurrency.max(1),
+        batch_size: args.batch_size.max(1),
+        payload_bytes: args.payload_bytes,
+        endpoints: args.endpoints,
+        fan_out: args.fan_out,
+        finished_rows: args.finished_rows,
+        phase_secs: args.phase_secs.max(0.5),
+        database_url: args.database_url,
+        sidecar_bin: std::env::current_exe().context("locating the outboxd executable")?,
+    };
+    let report = crate::bench::run(options).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
 }
 
 async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {

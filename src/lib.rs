@@ -31,11 +31,14 @@
 //!   `v1a,`);
 //! - [`embedded`]: throwaway PostgreSQL and loopback receiver for the demo,
 //!   the benchmark and the tests;
-//! - [`demo`]: `outboxd demo`.
+//! - [`demo`]: `outboxd demo`;
+//! - [`bench`]: `outboxd bench`, the product measured beside the machine's
+//!   ceilings.
 
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -5,6 +5,7 @@ mod common;
 
 mod adopt;
 mod asymmetric;
+mod bench;
 mod claiming;
 mod cli;
 mod delivery;
