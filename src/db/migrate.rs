@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_adopt.sql"),
     migration!(8, "0008_logical_wakeup.sql"),
     migration!(9, "0009_role_grants.sql"),
+    migration!(10, "0010_notify_when_waiting.sql"),
 ];
 
 /// Arbitrary constant key for `pg_advisory_xact_lock`: "outboxd" in ASCII.

@@ -12,6 +12,7 @@ const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
 const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
 const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
 const NEXT_DUE: &str = include_str!("../../sql/queries/deliveries_next_due.sql");
+const LEAVE_WAITING: &str = include_str!("../../sql/queries/waiting_leave.sql");
 const LOCK_KEYS: &str = include_str!("../../sql/queries/ordering_keys_lock.sql");
 
 /// A connection with the sidecar's statements prepared on it.
@@ -204,6 +205,15 @@ impl Queries {
         Ok(rows.len())
     }
 
+    /// `owner` stops waiting for NOTIFY (it is shutting down).
+    pub async fn leave_waiting(&self, owner: &str) -> Result<(), DbError> {
+        self.client
+            .execute(LEAVE_WAITING, &[&owner])
+            .await
+            .map_err(DbError::during("leaving outbox.waiting"))?;
+        Ok(())
+    }
+
     /// Hands claims back uncounted; returns how many were still ours.
     pub async fn release(&self, owner: &str, claims: &[(i64, i32)]) -> Result<usize, DbError> {
         let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
@@ -216,11 +226,12 @@ impl Queries {
     }
 
     /// How long until the earliest open delivery is due (zero if overdue),
-    /// or `None` when nothing is open.
-    pub async fn next_due(&self) -> Result<Option<Duration>, DbError> {
+    /// or `None` when nothing is open. With `waiting`, also records that
+    /// `owner` now waits for producers' NOTIFY (see `outbox.waiting`).
+    pub async fn next_due(&self, owner: &str, waiting: bool) -> Result<Option<Duration>, DbError> {
         let row = self
             .client
-            .query_one(&self.next_due, &[])
+            .query_one(&self.next_due, &[&owner, &waiting])
             .await
             .map_err(DbError::during("looking up the next due delivery"))?;
         // Waiting keyed deliveries are due at 'infinity': +inf seconds,
