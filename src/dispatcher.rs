@@ -24,6 +24,10 @@ use crate::telemetry;
 /// claim in progress), look again this soon rather than spin.
 const OVERDUE_RECHECK: Duration = Duration::from_millis(25);
 
+/// With a backlog, how long to wait for a quarter batch of free slots
+/// before claiming with fewer.
+const BATCH_GATHER: Duration = Duration::from_millis(2);
+
 /// Having worked and gone idle, look again after these delays: producers
 /// that checked `outbox.waiting` while this sidecar was busy did not
 /// NOTIFY, and may commit just after its last claim.
@@ -129,8 +133,9 @@ impl Dispatcher {
         }
         let queries = queries.as_ref().expect("connected just above");
         let mut claimed_any = false;
+        let mut backlog = false;
         loop {
-            let Some(mut permits) = self.free_permits(shutdown).await else {
+            let Some(mut permits) = self.free_permits(shutdown, backlog).await else {
                 return Ok((Duration::ZERO, claimed_any));
             };
             let want = permits.num_permits();
@@ -147,6 +152,7 @@ impl Dispatcher {
             if !full {
                 break;
             }
+            backlog = true;
         }
         let waiting = self.config.wakeup == Wakeup::Notify;
         let due = queries.next_due(&self.config.worker_id, waiting).await?;
@@ -159,17 +165,39 @@ impl Dispatcher {
     }
 
     /// Waits for one permit, then takes every other free one up to the batch
-    /// size: never claim more rows than can start at once.
-    async fn free_permits(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    /// size: never claim more rows than can start at once. With a backlog
+    /// (the last claim was full), first wait briefly for a quarter of a
+    /// batch to free up, so a busy sidecar claims in batches rather than a
+    /// row per finished request.
+    async fn free_permits(
+        &self,
+        shutdown: &CancellationToken,
+        backlog: bool,
+    ) -> Option<OwnedSemaphorePermit> {
+        let want = self.config.batch_size.min(self.config.concurrency);
+        let gather = if backlog { (want / 4).max(1) } else { 1 };
+        let gathered = async {
+            if gather > 1 {
+                let many = self.permits.clone().acquire_many_owned(gather as u32);
+                if let Ok(permits) = tokio::time::timeout(BATCH_GATHER, many).await {
+                    return permits.expect("semaphore never closed");
+                }
+            }
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed")
+        };
         let mut permits = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return None,
-            permit = self.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            permits = gathered => permits,
         };
         let more = self
             .permits
             .available_permits()
-            .min(self.config.batch_size.saturating_sub(1));
+            .min(want.saturating_sub(permits.num_permits()));
         if more > 0
             && let Ok(extra) = self.permits.clone().try_acquire_many_owned(more as u32)
         {
