@@ -282,8 +282,9 @@ BEGIN
             lease_owner = owner,
             next_attempt_at = now() + make_interval(secs => lease_secs),
             updated_at = now()
-        FROM due
-        WHERE d.id = due.id
+        -- By primary key: a join with the CTE lets the planner hash-join
+        -- against a scan of the whole table.
+        WHERE d.id = ANY (ARRAY(SELECT due.id FROM due))
         RETURNING d.id, d.attempts, d.replay_base, d.message_id, d.endpoint_id, d.ordering_key
     ), spent AS (
         UPDATE outbox.endpoints e
