@@ -205,15 +205,19 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
     assert_eq!(row.get::<_, i32>(1), 2);
     assert_eq!(row.get::<_, Option<i32>>(2), Some(200));
     assert_eq!(row.get::<_, Option<String>>(3), None);
-    let logged: Vec<i32> = db
+    let logged: Vec<(i32, Option<String>)> = db
         .client
-        .query("SELECT attempt FROM outbox.attempts", &[])
+        .query("SELECT attempt, worker_id FROM outbox.attempts", &[])
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(logged, [2], "only the owner's attempt is logged");
+    assert_eq!(
+        logged,
+        [(2, Some("worker-b".to_owned()))],
+        "only the owner's attempt is logged, with the owner's name"
+    );
 }
 
 #[tokio::test]
