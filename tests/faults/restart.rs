@@ -1,0 +1,97 @@
+//! Scenario 3: PostgreSQL stops (fast and immediate modes) for a few
+//! seconds mid-stream and comes back. Each test has its own cluster.
+
+use std::time::{Duration, Instant};
+
+use outboxd::signature::Secret;
+
+use crate::common::*;
+use crate::harness::*;
+
+/// How long the database stays away.
+const OUTAGE: Duration = Duration::from_secs(3);
+const BACKLOG: i64 = 3000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_postgres_restart_mid_stream_loses_and_double_counts_nothing() {
+    survives_a_restart("fast").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_postgres_restart_mid_stream_loses_and_double_counts_nothing() {
+    survives_a_restart("immediate").await;
+}
+
+async fn survives_a_restart(mode: &'static str) {
+    let cluster = OwnCluster::start().await;
+    let receiver = Receiver::start(None, |_| Reply::ok().delay(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    add_endpoint(
+        &cluster.db.client,
+        "e",
+        &receiver.url(),
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    // A 60 s poll: whatever arrives sooner came from reconnecting, polling
+    // at once and re-LISTENing.
+    let mut sidecar = Launch::new(&cluster.db.url, "w")
+        .env("OUTBOXD_POLL_INTERVAL", "60s")
+        .env("OUTBOXD_LEASE", "30s")
+        .env("OUTBOXD_CONCURRENCY", "16")
+        .spawn();
+    insert_batch(&cluster.db.client, "before", 0, BACKLOG).await;
+    assert!(
+        receiver.wait_until(WAIT, |r| r.len() >= 500).await,
+        "the stream got going"
+    );
+
+    // Requests are in flight and outcomes queued when the database goes.
+    cluster.stop(mode).await;
+    let at_stop = receiver.count();
+    // The outage itself, not a synchronisation.
+    tokio::time::sleep(OUTAGE).await;
+    cluster.restart().await;
+    let down_for = Instant::now();
+    let client = cluster.db.connect().await;
+
+    assert!(
+        wait_delivered(&client, BACKLOG, Duration::from_secs(30)).await,
+        "{:?}",
+        statuses(&client).await
+    );
+    eprintln!(
+        "{mode}: {at_stop} of {BACKLOG} arrived before the stop; backlog done {:?} after the restart",
+        down_for.elapsed()
+    );
+    let inserted = Instant::now();
+    insert_batch(&client, "after", 0, 1).await;
+    assert!(
+        receiver
+            .wait_until(Duration::from_secs(5), |r| r
+                .iter()
+                .any(|r| r.webhook_id == "after-0"))
+            .await,
+        "no wake-up after the restart: the listener did not LISTEN again"
+    );
+    let latency = inserted.elapsed();
+    assert!(wait_delivered(&client, BACKLOG + 1, WAIT).await);
+    assert!(sidecar.is_running(), "outboxd outlived the outage");
+    assert!(sidecar.terminate(Duration::from_secs(10)).await.success());
+
+    let per_id = receipts(&receiver);
+    assert_eq!(per_id.len() as i64, BACKLOG + 1, "nothing lost");
+    assert_eq!(
+        extra_receipts(&per_id),
+        0,
+        "the lease outlived the outage: no re-sends"
+    );
+    assert_eq!(
+        attempt_rows(&client).await,
+        receiver.count() as i64,
+        "every request's outcome written exactly once"
+    );
+    assert!(latency < Duration::from_secs(2), "wake-up took {latency:?}");
+}
