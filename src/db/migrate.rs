@@ -69,9 +69,9 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
     for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         tx.batch_execute(migration.sql)
             .await
-            .map_err(|source| DbError::Migration {
+            .map_err(|cause| DbError::Migration {
                 name: migration.name,
-                source,
+                cause,
             })?;
         tx.execute(
             "INSERT INTO outbox.schema_migrations (version, name) VALUES ($1, $2)",

@@ -8,6 +8,7 @@
 pub mod migrate;
 pub mod queries;
 
+use std::fmt;
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
@@ -15,35 +16,67 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::DatabaseUrl;
 
 /// Database failures. Delivery failures are never this: they are data.
+///
+/// The message carries the driver's whole cause chain on one line (the
+/// driver's own `Display` says only "db error"), so a logged `%error`
+/// tells what happened; for that reason the driver error is not also
+/// exposed as `source()`, which would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// `DATABASE_URL` does not parse.
-    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {0}")]
-    BadUrl(#[source] tokio_postgres::Error),
+    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {}", Chain(.0))]
+    BadUrl(tokio_postgres::Error),
     /// A migration file failed to apply; nothing of the run was committed.
-    #[error("migration {name} failed: {source}")]
+    #[error("migration {name} failed: {}", Chain(.cause))]
     Migration {
         /// The migration's file name.
         name: &'static str,
         /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
     /// Connecting, or a statement, failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", Chain(.cause))]
     Postgres {
         /// What outboxd was doing.
         context: &'static str,
         /// The driver's error (SQLSTATE, message).
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
+}
+
+/// A driver error and its causes on one line: the server's message with
+/// its SQLSTATE, or e.g. `error connecting to server: Connection refused`.
+struct Chain<'a>(&'a tokio_postgres::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(db) = self.0.as_db_error() {
+            write!(
+                f,
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )?;
+            if let Some(detail) = db.detail() {
+                write!(f, "; {}", detail.replace('\n', " "))?;
+            }
+            return Ok(());
+        }
+        write!(f, "{}", self.0)?;
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
 }
 
 impl DbError {
     /// Attaches what outboxd was doing to a driver error.
     pub fn during(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
-        move |source| Self::Postgres { context, source }
+        move |cause| Self::Postgres { context, cause }
     }
 
     /// Whether the connection is gone (as opposed to a statement failing),
@@ -51,10 +84,10 @@ impl DbError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Self::BadUrl(_) => false,
-            Self::Migration { source, .. } | Self::Postgres { source, .. } => {
-                source.is_closed()
-                    || source.code().is_none()
-                    || source.code().is_some_and(|c| {
+            Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
+                cause.is_closed()
+                    || cause.code().is_none()
+                    || cause.code().is_some_and(|c| {
                         // Class 08 (connection exception) and 57P01..57P03
                         // (admin shutdown, crash shutdown, cannot connect now).
                         c.code().starts_with("08") || c.code().starts_with("57P")
@@ -142,5 +175,36 @@ impl Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connection_errors_say_why_once() {
+        // Bound then dropped: nothing listens on this port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let db = Db::new(&DatabaseUrl::new(format!(
+            "postgres://u@127.0.0.1:{port}/d"
+        )))
+        .unwrap();
+        let error = db.connect().await.unwrap_err();
+        assert!(error.is_connection_lost());
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with("connecting to PostgreSQL: error connecting to server: "),
+            "{shown}"
+        );
+        assert!(shown.contains("refused"), "the OS's reason: {shown}");
+        assert!(
+            std::error::Error::source(&error).is_none(),
+            "the cause is in the message; as a source it would print twice"
+        );
     }
 }
