@@ -11,7 +11,8 @@ pub mod queries;
 use std::fmt;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{Client, Connection, NoTls, Socket};
 
 use crate::config::DatabaseUrl;
 
@@ -41,6 +42,16 @@ pub enum DbError {
         context: &'static str,
         /// The driver's error (SQLSTATE, message).
         cause: tokio_postgres::Error,
+    },
+    /// A statement got no answer in time: the connection is presumed dead
+    /// (a silently dropped connection never answers, and TCP may take many
+    /// minutes to say so).
+    #[error("{context}: no answer within {after:?}; the connection is presumed dead")]
+    Unresponsive {
+        /// What outboxd was doing.
+        context: &'static str,
+        /// How long it waited.
+        after: Duration,
     },
 }
 
@@ -84,6 +95,7 @@ impl DbError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Self::BadUrl(_) => false,
+            Self::Unresponsive { .. } => true,
             Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
                 cause.is_closed()
                     || cause.code().is_none()
@@ -96,6 +108,10 @@ impl DbError {
         }
     }
 }
+
+/// The longest a connection handshake (TCP, startup, authentication) may
+/// take: the default TCP connect timeout plus as much again for the rest.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Opens connections to one database, with the keepalives and timeouts a
 /// long-lived sidecar needs to notice a silently dead peer.
@@ -114,27 +130,42 @@ impl Db {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        // Keepalives find a dead peer of an idle connection; the user
+        // timeout one that stopped acknowledging a statement, which TCP
+        // would otherwise retransmit for a quarter of an hour.
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(15))
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3);
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
         Ok(Self { config })
     }
 
     /// A new connection, driven by a background task until it closes.
     pub async fn connect(&self) -> Result<Client, DbError> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(DbError::during("connecting to PostgreSQL"))?;
+        let (client, connection) = self.open().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "database connection closed");
             }
         });
         Ok(client)
+    }
+
+    /// A new connection whose messages the caller drives (LISTEN). The
+    /// whole handshake must finish within [`HANDSHAKE_DEADLINE`]: the
+    /// driver's connect timeout covers only the TCP connect, and a
+    /// connection that dies silently during startup would never finish.
+    pub async fn open(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), DbError> {
+        const CONTEXT: &str = "connecting to PostgreSQL";
+        match tokio::time::timeout(HANDSHAKE_DEADLINE, self.config.connect(NoTls)).await {
+            Ok(opened) => opened.map_err(DbError::during(CONTEXT)),
+            Err(_) => Err(DbError::Unresponsive {
+                context: CONTEXT,
+                after: HANDSHAKE_DEADLINE,
+            }),
+        }
     }
 
     /// The raw driver configuration, e.g. for a connection whose messages

@@ -1,9 +1,12 @@
 //! The sidecar's statements, one named `.sql` file each in `sql/queries`,
-//! prepared once per connection.
+//! prepared once per connection. Each gets at most [`STATEMENT_DEADLINE`]
+//! to answer, so that a connection that died silently is replaced instead
+//! of stalling claims or outcome writes forever.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{Db, DbError};
 use crate::delivery::{Job, Outcome, Verdict};
@@ -12,6 +15,13 @@ const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
 const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
 const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
 const NEXT_DUE: &str = include_str!("../../sql/queries/deliveries_next_due.sql");
+
+/// The longest any of these statements may take before the connection is
+/// presumed dead and replaced. A healthy server answers in milliseconds
+/// (claims skip locked rows, outcome writes touch only their own claims),
+/// so only a dead or wedged connection gets near it; the statement is then
+/// also cancelled server-side, in case the server is merely slow.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A connection with the sidecar's statements prepared on it.
 pub struct Queries {
@@ -27,15 +37,19 @@ impl Queries {
     pub async fn connect(db: &Db) -> Result<Self, DbError> {
         let client = db.connect().await?;
         let prepare = |sql| client.prepare(sql);
-        let (claim, complete, release, next_due) = tokio::try_join!(
-            prepare(CLAIM),
-            prepare(COMPLETE),
-            prepare(RELEASE),
-            prepare(NEXT_DUE)
-        )
-        .map_err(DbError::during(
+        let (claim, complete, release, next_due) = within(
+            &client,
             "preparing statements (has `outboxd migrate` run?)",
-        ))?;
+            async {
+                tokio::try_join!(
+                    prepare(CLAIM),
+                    prepare(COMPLETE),
+                    prepare(RELEASE),
+                    prepare(NEXT_DUE)
+                )
+            },
+        )
+        .await?;
         Ok(Self {
             client,
             claim,
@@ -58,11 +72,13 @@ impl Queries {
         lease: Duration,
     ) -> Result<Vec<Job>, DbError> {
         let limit = limit as i64;
-        let rows = self
-            .client
-            .query(&self.claim, &[&owner, &limit, &lease.as_secs_f64()])
-            .await
-            .map_err(DbError::during("claiming deliveries"))?;
+        let rows = within(
+            &self.client,
+            "claiming deliveries",
+            self.client
+                .query(&self.claim, &[&owner, &limit, &lease.as_secs_f64()]),
+        )
+        .await?;
         Ok(rows
             .iter()
             .map(|row| Job {
@@ -113,42 +129,71 @@ impl Queries {
             excerpts.push(record.and_then(|r| r.response_excerpt.as_deref()));
             disable.push(outcome.disable_endpoint.as_deref());
         }
-        let rows = self
-            .client
-            .query(
+        let rows = within(
+            &self.client,
+            "writing delivery outcomes",
+            self.client.query(
                 &self.complete,
                 &[
                     &owner, &ids, &attempts, &statuses, &retry_in, &codes, &errors, &started,
                     &durations, &excerpts, &disable,
                 ],
-            )
-            .await
-            .map_err(DbError::during("writing delivery outcomes"))?;
+            ),
+        )
+        .await?;
         Ok(rows.len())
     }
 
     /// Hands claims back uncounted; returns how many were still ours.
     pub async fn release(&self, owner: &str, claims: &[(i64, i32)]) -> Result<usize, DbError> {
         let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
-        let rows = self
-            .client
-            .query(&self.release, &[&owner, &ids, &attempts])
-            .await
-            .map_err(DbError::during("releasing claimed deliveries"))?;
+        let rows = within(
+            &self.client,
+            "releasing claimed deliveries",
+            self.client.query(&self.release, &[&owner, &ids, &attempts]),
+        )
+        .await?;
         Ok(rows.len())
     }
 
     /// How long until the earliest open delivery is due (zero if overdue),
     /// or `None` when nothing is open.
     pub async fn next_due(&self) -> Result<Option<Duration>, DbError> {
-        let row = self
-            .client
-            .query_opt(&self.next_due, &[])
-            .await
-            .map_err(DbError::during("looking up the next due delivery"))?;
+        let row = within(
+            &self.client,
+            "looking up the next due delivery",
+            self.client.query_opt(&self.next_due, &[]),
+        )
+        .await?;
         // 'infinity' timestamps give +inf seconds: treat as "not soon".
         Ok(row.map(|row| {
             Duration::try_from_secs_f64(row.get::<_, f64>(0).max(0.0)).unwrap_or(Duration::MAX)
         }))
+    }
+}
+
+/// Runs `statement` on `client` for at most [`STATEMENT_DEADLINE`]. When the
+/// deadline passes, the server is asked (on a new connection, in the
+/// background) to cancel it, so that a slow but alive server does not go
+/// on working for a client that left.
+async fn within<T>(
+    client: &Client,
+    context: &'static str,
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(STATEMENT_DEADLINE, statement).await {
+        Ok(result) => result.map_err(DbError::during(context)),
+        Err(_) => {
+            let cancel = client.cancel_token();
+            tokio::spawn(async move {
+                if let Err(error) = cancel.cancel_query(NoTls).await {
+                    tracing::debug!(%error, "could not cancel an unanswered statement");
+                }
+            });
+            Err(DbError::Unresponsive {
+                context,
+                after: STATEMENT_DEADLINE,
+            })
+        }
     }
 }
