@@ -12,6 +12,7 @@
 mod common;
 mod harness;
 
+mod connection_loss;
 mod kill;
 mod replicas;
 mod restart;

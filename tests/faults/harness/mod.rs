@@ -6,6 +6,7 @@
 //! scenarios assert with.
 
 pub mod process;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,7 +147,8 @@ pub async fn wait_sessions_gone(client: &Client, worker_id: &str) -> bool {
     common::eventually(Duration::from_secs(10), || async {
         let n: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = $1",
                 &[&worker_id],
             )
             .await
