@@ -14,5 +14,6 @@ mod harness;
 
 mod connection_loss;
 mod kill;
+mod receiver_outages;
 mod replicas;
 mod restart;

@@ -5,6 +5,7 @@
 //! receivers that misbehave below HTTP ([`hostile`]), and the queries the
 //! scenarios assert with.
 
+pub mod hostile;
 pub mod process;
 pub mod proxy;
 
