@@ -17,3 +17,4 @@ mod kill;
 mod receiver_outages;
 mod replicas;
 mod restart;
+mod shutdown;
