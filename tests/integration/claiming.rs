@@ -125,6 +125,35 @@ async fn claims_skip_disabled_endpoints_until_re_enabled() {
 }
 
 #[tokio::test]
+async fn a_delivery_scheduled_at_infinity_is_never_due() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    db.client
+        .execute(
+            "INSERT INTO outbox.messages (event_id, event_type, payload, deliver_after)
+             VALUES ('parked', 't', '{}', 'infinity')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let q = queries(&db).await;
+    assert_eq!(q.next_due().await.unwrap(), Some(Duration::MAX));
+    assert!(
+        q.claim("w", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() {
     let db = fresh_db().await;
     add_endpoint(
