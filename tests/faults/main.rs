@@ -14,6 +14,7 @@ mod harness;
 
 mod connection_loss;
 mod kill;
+mod producers;
 mod receiver_outages;
 mod replicas;
 mod restart;
