@@ -102,6 +102,9 @@ pub struct RunArgs {
     /// Lease owner name (default: hostname-pid-random); must be unique per running process.
     #[arg(long, env = "OUTBOXD_WORKER_ID")]
     worker_id: Option<String>,
+    /// Longest wait between attempts to reach the database (backoff from 100 ms, doubling).
+    #[arg(long, env = "OUTBOXD_RECONNECT_MAX", default_value = defaults::RECONNECT_MAX, value_parser = humantime::parse_duration)]
+    reconnect_max: Duration,
 }
 
 impl RunArgs {
@@ -123,6 +126,7 @@ impl RunArgs {
                 .worker_id
                 .clone()
                 .unwrap_or_else(crate::config::default_worker_id),
+            reconnect_max: self.reconnect_max,
         };
         config.validate()?;
         Ok(config)

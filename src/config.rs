@@ -23,6 +23,8 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: &str = "20s";
     /// Most rows one claim statement takes.
     pub const BATCH_SIZE: usize = 100;
+    /// Longest wait between two attempts to reach the database.
+    pub const RECONNECT_MAX: &str = "10s";
     /// Most HTTP requests in flight per sidecar.
     pub const CONCURRENCY: usize = 64;
 }
@@ -111,6 +113,9 @@ pub struct Config {
     /// Lease owner name; unique per process so fencing can tell replicas
     /// apart.
     pub worker_id: String,
+    /// Cap of the reconnect backoff (100 ms, doubling): how long the
+    /// sidecar may take to notice that the database is back.
+    pub reconnect_max: Duration,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -155,6 +160,7 @@ impl Config {
             concurrency: defaults::CONCURRENCY,
             shutdown_grace: parse(defaults::SHUTDOWN_GRACE),
             worker_id: default_worker_id(),
+            reconnect_max: parse(defaults::RECONNECT_MAX),
         }
     }
 
@@ -171,6 +177,9 @@ impl Config {
         }
         if self.request_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration("--request-timeout"));
+        }
+        if self.reconnect_max.is_zero() {
+            return Err(ConfigError::ZeroDuration("--reconnect-max"));
         }
         if self.lease < self.request_timeout + LEASE_MARGIN {
             return Err(ConfigError::LeaseTooShort {
@@ -223,6 +232,12 @@ mod tests {
         let mut c = config();
         c.batch_size = 0;
         assert_eq!(c.validate(), Err(ConfigError::Zero("--batch-size")));
+        let mut c = config();
+        c.reconnect_max = Duration::ZERO;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroDuration("--reconnect-max"))
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::db::queries::Queries;
-use crate::db::{Backoff, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::delivery::{Deliverer, Job, Outcome, Verdict};
 
 /// After an empty claim while a row is overdue (locked by another replica's
@@ -65,7 +65,7 @@ impl Dispatcher {
     /// running on the tracker.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut queries = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = self.db.backoff();
         while !shutdown.is_cancelled() {
             let idle = match self.drain(&mut queries, &shutdown).await {
                 Ok(idle) => {

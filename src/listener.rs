@@ -32,7 +32,7 @@ pub async fn run(
     listening: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new();
+    let mut backoff = db.backoff();
     loop {
         // Shutdown must not wait for a connection that may never answer.
         let lost = tokio::select! {

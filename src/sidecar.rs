@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, Wakeup};
 use crate::db::migrate::{self, MIGRATIONS};
-use crate::db::{Backoff, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::delivery::Deliverer;
 use crate::delivery::request::ClientError;
 use crate::dispatcher::Dispatcher;
@@ -64,7 +64,7 @@ pub async fn run(
 ) -> Result<(), SidecarError> {
     config.validate()?;
     let config = Arc::new(config);
-    let db = Db::new(&config.database_url)?;
+    let db = Db::new(&config.database_url)?.with_reconnect_max(config.reconnect_max);
     let deliverer = Deliverer::new(&config)?;
     if !prepare_database(&db, migrate, &shutdown).await? {
         return Ok(());
@@ -143,7 +143,7 @@ async fn prepare_database(
     migrate: bool,
     shutdown: &CancellationToken,
 ) -> Result<bool, SidecarError> {
-    let mut backoff = Backoff::new();
+    let mut backoff = db.backoff();
     let mut client = loop {
         match db.connect().await {
             Ok(client) => break client,

@@ -118,6 +118,8 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Clone)]
 pub struct Db {
     config: tokio_postgres::Config,
+    /// Cap of the reconnect backoff of every component using this database.
+    reconnect_max: Duration,
 }
 
 impl Db {
@@ -139,7 +141,21 @@ impl Db {
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(30));
-        Ok(Self { config })
+        Ok(Self {
+            config,
+            reconnect_max: Backoff::DEFAULT_MAX,
+        })
+    }
+
+    /// Caps the reconnect backoff handed out by [`backoff`](Self::backoff).
+    pub fn with_reconnect_max(mut self, max: Duration) -> Self {
+        self.reconnect_max = max;
+        self
+    }
+
+    /// A fresh reconnect backoff for one component.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::with_max(self.reconnect_max)
     }
 
     /// A new connection, driven by a background task until it closes.
@@ -175,31 +191,42 @@ impl Db {
     }
 }
 
-/// Exponential reconnect backoff: 100 ms doubling to 10 s, with jitter.
+/// Exponential reconnect backoff: 100 ms doubling up to a cap (by default
+/// 10 s, `--reconnect-max`), with jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
+    /// The default cap.
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(10);
 
-    /// Starts at the first step.
+    /// Starts at the first step, capped at [`DEFAULT_MAX`](Self::DEFAULT_MAX).
     pub fn new() -> Self {
-        Self { next: Self::FIRST }
+        Self::with_max(Self::DEFAULT_MAX)
+    }
+
+    /// Starts at the first step; no delay exceeds `max` (before jitter).
+    pub fn with_max(max: Duration) -> Self {
+        Self {
+            next: Self::FIRST.min(max),
+            max,
+        }
     }
 
     /// The delay to wait now; each call doubles the next one.
     pub fn next_delay(&mut self) -> Duration {
         let delay = self.next.mul_f64(0.75 + fastrand::f64() / 2.0);
-        self.next = (self.next * 2).min(Self::MAX);
+        self.next = (self.next * 2).min(self.max);
         delay
     }
 
     /// Back to the first step after a success.
     pub fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.next = Self::FIRST.min(self.max);
     }
 }
 
@@ -212,6 +239,24 @@ impl Default for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_and_resets() {
+        let mut backoff = Backoff::with_max(Duration::from_millis(500));
+        let delays: Vec<Duration> = (0..6).map(|_| backoff.next_delay()).collect();
+        let nominal = [100, 200, 400, 500, 500, 500];
+        for (delay, ms) in delays.iter().zip(nominal) {
+            let ms = Duration::from_millis(ms);
+            assert!(
+                *delay >= ms.mul_f64(0.75) && *delay <= ms.mul_f64(1.25),
+                "{delay:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(125));
+        let mut tiny = Backoff::with_max(Duration::from_millis(20));
+        assert!(tiny.next_delay() <= Duration::from_millis(25));
+    }
 
     #[tokio::test]
     async fn connection_errors_say_why_once() {

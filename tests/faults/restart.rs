@@ -1,7 +1,7 @@
 //! Scenario 3: PostgreSQL stops (fast and immediate modes) for a few
 //! seconds mid-stream and comes back. Each test has its own cluster.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use outboxd::signature::Secret;
 
@@ -36,9 +36,10 @@ async fn survives_a_restart(mode: &'static str) {
     )
     .await;
     // A 60 s poll: whatever arrives sooner came from reconnecting, polling
-    // at once and re-LISTENing.
+    // at once and re-LISTENing. Reconnect attempts at most a second apart.
     let mut sidecar = Launch::new(&cluster.db.url, "w")
         .env("OUTBOXD_POLL_INTERVAL", "60s")
+        .env("OUTBOXD_RECONNECT_MAX", "1s")
         .env("OUTBOXD_LEASE", "30s")
         .env("OUTBOXD_CONCURRENCY", "16")
         .spawn();
@@ -54,7 +55,7 @@ async fn survives_a_restart(mode: &'static str) {
     // The outage itself, not a synchronisation.
     tokio::time::sleep(OUTAGE).await;
     cluster.restart().await;
-    let down_for = Instant::now();
+    let restarted = (Instant::now(), SystemTime::now());
     let client = cluster.db.connect().await;
 
     assert!(
@@ -62,9 +63,22 @@ async fn survives_a_restart(mode: &'static str) {
         "{:?}",
         statuses(&client).await
     );
+    let drained = restarted.0.elapsed();
+    let resumed = receiver
+        .received()
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at > restarted.1)
+        .min()
+        .and_then(|at| at.duration_since(restarted.1).ok())
+        .expect("deliveries after the restart");
     eprintln!(
-        "{mode}: {at_stop} of {BACKLOG} arrived before the stop; backlog done {:?} after the restart",
-        down_for.elapsed()
+        "{mode}: {at_stop} of {BACKLOG} arrived before the stop; after the restart \
+         the first arrived in {resumed:?}, the last in {drained:?}"
+    );
+    assert!(
+        resumed < Duration::from_secs(4),
+        "with --reconnect-max 1s, delivery resumed only {resumed:?} after the restart"
     );
     let inserted = Instant::now();
     insert_batch(&client, "after", 0, 1).await;
