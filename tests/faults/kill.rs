@@ -11,10 +11,21 @@ use tokio_util::sync::CancellationToken;
 use crate::common::*;
 use crate::harness::*;
 
-const KILLS: usize = 8;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_sidecars_lose_nothing_and_duplicate_only_their_lost_leases() {
+    kill_repeatedly(8).await;
+}
+
+/// Soak: a hundred kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak, about 30 s: cargo test --test faults -- --ignored"]
+async fn soak_a_hundred_sigkills_lose_nothing() {
+    kill_repeatedly(100).await;
+}
+
+/// Starts a sidecar, SIGKILLs it mid-batch, `kills` times over, while a
+/// producer streams messages in; then a survivor finishes.
+async fn kill_repeatedly(kills: usize) {
     let db = fresh_db().await;
     let receiver = Receiver::start(None, |_| Reply::ok().delay(Duration::from_millis(20)))
         .await
@@ -27,7 +38,7 @@ async fn sigkilled_sidecars_lose_nothing_and_duplicate_only_their_lost_leases() 
     // arrive twice (the dead process may have POSTed them already).
     let mut lost = HashSet::new();
     let mut lost_leases = 0;
-    for round in 0..KILLS {
+    for round in 0..kills {
         let worker = format!("doomed-{round}");
         let mut sidecar = Launch::new(&db.url, &worker).spawn();
         assert!(
@@ -61,7 +72,7 @@ async fn sigkilled_sidecars_lose_nothing_and_duplicate_only_their_lost_leases() 
         .collect();
     let extra = extra_receipts(&per_id);
     eprintln!(
-        "{KILLS} kills, {produced} messages, {lost_leases} leases lost, {extra} duplicate receipts"
+        "{kills} kills, {produced} messages, {lost_leases} leases lost, {extra} duplicate receipts"
     );
     assert!(
         duplicated.iter().all(|id| lost.contains(*id)),
