@@ -11,6 +11,9 @@
 //! replicas: about three minutes in release mode, plus the build). Each
 //! sidecar's log is kept in `target/tmp/faults/<test>/<worker>.log` and its
 //! tail printed when a test fails.
+//!
+//! `docs/guarantees.md` maps each promise of outboxd to the tests here and
+//! in `tests/integration` that prove it.
 
 #[path = "../integration/common/mod.rs"]
 mod common;
