@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use outboxd::signature::Secret;
+use tokio_postgres::Client;
 
 use crate::common::*;
 use crate::harness::*;
@@ -54,47 +55,8 @@ async fn survives_restarts(modes: &[&'static str]) {
     let mut client = cluster.db.connect().await;
     let mut total = 0;
     for (cycle, mode) in modes.iter().enumerate() {
-        let before = receiver.count();
-        insert_batch(&client, &format!("c{cycle}"), 0, BACKLOG).await;
-        total += BACKLOG;
-        assert!(
-            receiver.wait_until(WAIT, |r| r.len() >= before + 500).await,
-            "the stream got going"
-        );
-
-        // Requests are in flight and outcomes queued when the database goes.
-        cluster.stop(mode).await;
-        let at_stop = receiver.count() - before;
-        // The outage itself, not a synchronisation.
-        tokio::time::sleep(OUTAGE).await;
-        cluster.restart().await;
-        let restarted = (Instant::now(), SystemTime::now());
-        client = cluster.db.connect().await;
-
-        assert!(
-            wait_delivered(&client, total, Duration::from_secs(30)).await,
-            "{:?}",
-            statuses(&client).await
-        );
-        let drained = restarted.0.elapsed();
-        let resumed = receiver
-            .received()
-            .iter()
-            .map(|r| r.at)
-            .filter(|at| *at > restarted.1)
-            .min()
-            .and_then(|at| at.duration_since(restarted.1).ok())
-            .expect("deliveries after the restart");
-        let woken = wake_up_after_restart(&client, &receiver, cycle).await;
-        total += 1;
-        eprintln!(
-            "{mode}: {at_stop} of {BACKLOG} arrived before the stop; after the restart \
-             the first arrived in {resumed:?}, the last in {drained:?}; a new row in {woken:?}"
-        );
-        assert!(
-            resumed < Duration::from_secs(4),
-            "with --reconnect-max 1s, delivery resumed only {resumed:?} after the restart"
-        );
+        total += BACKLOG + 1;
+        client = restart_mid_stream(&cluster, &receiver, client, cycle, mode).await;
     }
     assert!(wait_delivered(&client, total, WAIT).await);
     assert!(sidecar.is_running(), "outboxd outlived the outages");
@@ -114,13 +76,61 @@ async fn survives_restarts(modes: &[&'static str]) {
     );
 }
 
+/// Inserts a backlog, stops PostgreSQL in `mode` once the stream is
+/// going, restarts it after [`OUTAGE`], and waits until everything is
+/// delivered; returns a connection to the restarted server.
+async fn restart_mid_stream(
+    cluster: &OwnCluster,
+    receiver: &Receiver,
+    client: Client,
+    cycle: usize,
+    mode: &'static str,
+) -> Client {
+    let before = receiver.count();
+    insert_batch(&client, &format!("c{cycle}"), 0, BACKLOG).await;
+    assert!(
+        receiver.wait_until(WAIT, |r| r.len() >= before + 500).await,
+        "the stream got going"
+    );
+    // Requests are in flight and outcomes queued when the database goes.
+    cluster.stop(mode).await;
+    let at_stop = receiver.count() - before;
+    // The outage itself, not a synchronisation.
+    tokio::time::sleep(OUTAGE).await;
+    cluster.restart().await;
+    let restarted = (Instant::now(), SystemTime::now());
+    let client = cluster.db.connect().await;
+
+    let all = (cycle as i64 + 1) * (BACKLOG + 1) - 1;
+    assert!(
+        wait_delivered(&client, all, Duration::from_secs(30)).await,
+        "{:?}",
+        statuses(&client).await
+    );
+    let drained = restarted.0.elapsed();
+    let resumed = receiver
+        .received()
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at > restarted.1)
+        .min()
+        .and_then(|at| at.duration_since(restarted.1).ok())
+        .expect("deliveries after the restart");
+    let woken = wake_up_after_restart(&client, receiver, cycle).await;
+    eprintln!(
+        "{mode}: {at_stop} of {BACKLOG} arrived before the stop; after the restart \
+         the first arrived in {resumed:?}, the last in {drained:?}; a new row in {woken:?}"
+    );
+    assert!(
+        resumed < Duration::from_secs(4),
+        "with --reconnect-max 1s, delivery resumed only {resumed:?} after the restart"
+    );
+    client
+}
+
 /// Once the backlog is gone the sidecar idles on its 60 s poll: a new row
 /// arriving within 2 s came by a wake-up, so the listener is back.
-async fn wake_up_after_restart(
-    client: &tokio_postgres::Client,
-    receiver: &Receiver,
-    cycle: usize,
-) -> Duration {
+async fn wake_up_after_restart(client: &Client, receiver: &Receiver, cycle: usize) -> Duration {
     let event_id = format!("after-{cycle}");
     let inserted = Instant::now();
     insert_message(client, &event_id, "fault.test", "{}").await;

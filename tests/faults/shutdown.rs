@@ -2,11 +2,13 @@
 //! the grace period, every outcome written, every unfinished claim released
 //! at once rather than left to its lease.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use outboxd::signature::Secret;
+use tokio_postgres::Client;
 
 use crate::common::*;
 use crate::harness::*;
@@ -51,49 +53,12 @@ async fn sigterm_under_load_exits_zero_in_the_grace_period_writing_or_releasing_
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_millis(3500), "exit took {took:?}");
 
-    let leftover: Vec<(String, String, i32, Option<String>, bool)> = db
-        .client
-        .query(
-            "SELECT s.event_id, d.status, d.attempts, d.lease_owner, d.next_attempt_at <= now()
-             FROM outbox.message_status s JOIN outbox.deliveries d ON d.id = s.delivery_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get::<_, Option<bool>>(4) == Some(true),
-            )
-        })
-        .collect();
     let received = receipts(&receiver);
-    let (mut delivered, mut released, mut unstarted) = (0, 0, 0);
-    for (event_id, status, attempts, owner, due) in &leftover {
-        match status.as_str() {
-            "delivered" => {
-                assert!(received.contains_key(event_id));
-                delivered += 1;
-            }
-            "pending" => {
-                assert_eq!(
-                    (*attempts, owner.as_deref(), *due),
-                    (0, None, true),
-                    "{event_id}"
-                );
-                if received.contains_key(event_id) {
-                    released += 1;
-                } else {
-                    unstarted += 1;
-                }
-            }
-            other => panic!("{event_id} is {other} after shutdown"),
-        }
-    }
+    let Leftover {
+        delivered,
+        released,
+        unstarted,
+    } = after_shutdown(&db.client, &received).await;
     eprintln!(
         "SIGTERM with {} received: exit 0 after {took:?}; {delivered} delivered, \
          {released} cut off and released, {unstarted} never claimed",
@@ -121,6 +86,60 @@ async fn sigterm_under_load_exits_zero_in_the_grace_period_writing_or_releasing_
         released,
         "only the cut-off requests went twice"
     );
+}
+
+/// What a stopped sidecar left behind.
+struct Leftover {
+    /// Rows delivered.
+    delivered: i64,
+    /// Rows whose request had started, handed back.
+    released: usize,
+    /// Rows never sent.
+    unstarted: usize,
+}
+
+/// Sorts every row into delivered, released or never sent, asserting that
+/// nothing is left in flight and that every pending row is unowned,
+/// uncounted and due at once.
+async fn after_shutdown(client: &Client, received: &HashMap<String, usize>) -> Leftover {
+    let rows = client
+        .query(
+            "SELECT s.event_id, d.status, d.attempts, d.lease_owner, d.next_attempt_at <= now()
+             FROM outbox.message_status s JOIN outbox.deliveries d ON d.id = s.delivery_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut leftover = Leftover {
+        delivered: 0,
+        released: 0,
+        unstarted: 0,
+    };
+    for row in rows {
+        let event_id: String = row.get(0);
+        let status: String = row.get(1);
+        let claim = (
+            row.get::<_, i32>(2),
+            row.get::<_, Option<String>>(3),
+            row.get::<_, Option<bool>>(4),
+        );
+        match status.as_str() {
+            "delivered" => {
+                assert!(received.contains_key(&event_id), "{event_id}");
+                leftover.delivered += 1;
+            }
+            "pending" => {
+                assert_eq!(claim, (0, None, Some(true)), "{event_id}");
+                if received.contains_key(&event_id) {
+                    leftover.released += 1;
+                } else {
+                    leftover.unstarted += 1;
+                }
+            }
+            other => panic!("{event_id} is {other} after shutdown"),
+        }
+    }
+    leftover
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
