@@ -285,6 +285,9 @@ pub struct RunArgs {
     /// egress IPs). HTTP_PROXY/HTTPS_PROXY are ignored; targets are still checked.
     #[arg(long, env = "OUTBOXD_EGRESS_PROXY", hide_env_values = true, value_parser = crate::delivery::egress::EgressProxy::parse)]
     egress_proxy: Option<crate::delivery::egress::EgressProxy>,
+    /// Longest wait between attempts to reach the database (backoff from 100 ms, doubling).
+    #[arg(long, env = "OUTBOXD_RECONNECT_MAX", default_value = defaults::RECONNECT_MAX, value_parser = humantime::parse_duration)]
+    reconnect_max: Duration,
 }
 
 impl RunArgs {
@@ -316,6 +319,7 @@ impl RunArgs {
             }),
             allow_networks: self.allow_networks.clone(),
             egress_proxy: self.egress_proxy.clone(),
+            reconnect_max: self.reconnect_max,
         };
         config.validate()?;
         Ok(config)

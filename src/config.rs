@@ -29,6 +29,8 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: &str = "20s";
     /// Most rows one claim statement takes.
     pub const BATCH_SIZE: usize = 100;
+    /// Longest wait between two attempts to reach the database.
+    pub const RECONNECT_MAX: &str = "10s";
     /// Most HTTP requests in flight per sidecar.
     pub const CONCURRENCY: usize = 64;
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -167,6 +169,9 @@ pub struct Config {
     /// Send every request through this HTTP proxy (static egress
     /// addresses); targets are still checked before each request.
     pub egress_proxy: Option<EgressProxy>,
+    /// Cap of the reconnect backoff (100 ms, doubling): how long the
+    /// sidecar may take to notice that the database is back.
+    pub reconnect_max: Duration,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -219,6 +224,7 @@ impl Config {
             retention: Some(Retention::default()),
             allow_networks: Vec::new(),
             egress_proxy: None,
+            reconnect_max: parse(defaults::RECONNECT_MAX),
         }
     }
 
@@ -247,6 +253,9 @@ impl Config {
             return Err(ConfigError::ZeroDuration(
                 "--retention, --dead-retention and --purge-interval",
             ));
+        }
+        if self.reconnect_max.is_zero() {
+            return Err(ConfigError::ZeroDuration("--reconnect-max"));
         }
         if self.lease < self.request_timeout + LEASE_MARGIN {
             return Err(ConfigError::LeaseTooShort {
@@ -335,6 +344,12 @@ mod tests {
         let mut c = config();
         c.batch_size = 0;
         assert_eq!(c.validate(), Err(ConfigError::Zero("--batch-size")));
+        let mut c = config();
+        c.reconnect_max = Duration::ZERO;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroDuration("--reconnect-max"))
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Wakeup};
 use crate::db::queries::Queries;
-use crate::db::{Backoff, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::delivery::{Deliverer, Job, Outcome, Verdict};
 use crate::telemetry;
 
@@ -75,7 +75,7 @@ impl Dispatcher {
     /// running on the tracker.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut queries = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = self.db.backoff();
         let mut connected_before = false;
         let mut rechecks: &[Duration] = &[];
         while !shutdown.is_cancelled() {

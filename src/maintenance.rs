@@ -17,6 +17,10 @@ const PURGE_DELIVERIES: &str = include_str!("../sql/queries/deliveries_purge.sql
 const PURGE_MESSAGES: &str = include_str!("../sql/queries/messages_purge.sql");
 const PURGE_EVENTS: &str = include_str!("../sql/queries/events_purge.sql");
 
+/// The longest one housekeeping round may take before its connection is
+/// presumed dead.
+const JOB_DEADLINE: Duration = Duration::from_secs(120);
+
 /// How often the backlog gauges are refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(15);
 /// Rows examined per purge page (and so at most deleted per transaction).
@@ -35,7 +39,7 @@ pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationTok
             _ = backlog.tick() => Job::Backlog,
             _ = purge.tick() => Job::Purge,
         };
-        let result = async {
+        let work = async {
             if client.as_ref().is_none_or(Client::is_closed) {
                 client = Some(db.connect().await?);
             }
@@ -47,11 +51,24 @@ pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationTok
                     .map(|_| ()),
                 (Job::Purge, None) => Ok(()),
             }
-        }
-        .await;
-        if let Err(error) = result {
-            telemetry::db_error("maintenance");
-            tracing::warn!(%error, "housekeeping failed; will retry at the next tick");
+        };
+        // A connection that died silently never answers: give up on it
+        // (and never hold up shutdown).
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = tokio::time::timeout(JOB_DEADLINE, work) => result,
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                telemetry::db_error("maintenance");
+                tracing::warn!(%error, "housekeeping failed; will retry at the next tick");
+            }
+            Err(_) => {
+                client = None;
+                telemetry::db_error("maintenance");
+                tracing::warn!("housekeeping got no answer within {JOB_DEADLINE:?}; reconnecting");
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Readiness};
 use crate::config::{Config, ConfigError, Wakeup};
 use crate::db::migrate::{self, MIGRATIONS};
-use crate::db::{Backoff, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::delivery::Deliverer;
 use crate::delivery::request::ClientError;
 use crate::dispatcher::Dispatcher;
@@ -61,7 +61,7 @@ pub enum SidecarError {
     },
     /// The outbox schema is missing or older than this binary.
     #[error(
-        "the database schema is at version {found}, this outboxd needs {needed}: \
+        "the database schema is at version {found} (or misses an earlier migration), this outboxd needs {needed}: \
          run `outboxd migrate` (or `outboxd run --migrate`)"
     )]
     NotMigrated {
@@ -81,7 +81,7 @@ pub async fn run(
 ) -> Result<(), SidecarError> {
     config.validate()?;
     let config = Arc::new(config);
-    let db = Db::new(&config.database_url)?;
+    let db = Db::new(&config.database_url)?.with_reconnect_max(config.reconnect_max);
     let deliverer = Deliverer::new(&config)?;
     if !prepare_database(&db, &config, migrate, &shutdown).await? {
         return Ok(());
@@ -189,7 +189,7 @@ async fn prepare_database(
     migrate: bool,
     shutdown: &CancellationToken,
 ) -> Result<bool, SidecarError> {
-    let mut backoff = Backoff::new();
+    let mut backoff = db.backoff();
     let mut client = loop {
         match db.connect().await {
             Ok(client) => break client,
@@ -207,9 +207,12 @@ async fn prepare_database(
         let applied = migrate::run(&mut client).await?;
         tracing::info!(?applied, "migrations applied");
     }
+    // Every embedded migration, not just the newest: numbers merged from
+    // parallel work may fill a gap below the newest applied one.
     let needed = MIGRATIONS.last().map_or(0, |m| m.version);
-    let found = schema_version(&client).await?;
-    if found < needed {
+    let applied = applied_versions(&client).await?;
+    if MIGRATIONS.iter().any(|m| !applied.contains(&m.version)) {
+        let found = applied.iter().copied().max().unwrap_or(0);
         return Err(SidecarError::NotMigrated { found, needed });
     }
     if config.wakeup == Wakeup::Logical {
@@ -221,6 +224,15 @@ async fn prepare_database(
 
 /// The newest applied migration, 0 when the schema does not exist.
 pub async fn schema_version(client: &tokio_postgres::Client) -> Result<i32, DbError> {
+    Ok(applied_versions(client)
+        .await?
+        .into_iter()
+        .max()
+        .unwrap_or(0))
+}
+
+/// Every applied migration's version; none when the schema does not exist.
+async fn applied_versions(client: &tokio_postgres::Client) -> Result<Vec<i32>, DbError> {
     let during = DbError::during("reading the schema version");
     let exists: bool = client
         .query_one(
@@ -231,16 +243,13 @@ pub async fn schema_version(client: &tokio_postgres::Client) -> Result<i32, DbEr
         .map_err(during)?
         .get(0);
     if !exists {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let row = client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM outbox.schema_migrations",
-            &[],
-        )
+    let rows = client
+        .query("SELECT version FROM outbox.schema_migrations", &[])
         .await
         .map_err(DbError::during("reading the schema version"))?;
-    Ok(row.get(0))
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// `webhook-timestamp` uses our clock, leases use the database's.

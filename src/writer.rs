@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::queries::Queries;
-use crate::db::{Backoff, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::delivery::{Outcome, Verdict};
 use crate::telemetry;
 
@@ -76,7 +76,7 @@ impl Writer {
         batch: &[Outcome],
         give_up: &CancellationToken,
     ) -> bool {
-        let mut backoff = Backoff::new();
+        let mut backoff = self.db.backoff();
         loop {
             match self.write(queries, batch).await {
                 Ok(()) => return true,

@@ -71,9 +71,10 @@ WITH outcome AS (
            OR e.last_success_at < now() - interval '1 second')
 )
 INSERT INTO outbox.attempts
-    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_excerpt)
+    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_excerpt,
+     worker_id)
 SELECT o.delivery_id, o.attempt, o.started_at, o.duration_ms, o.status_code, o.error,
-       o.response_excerpt
+       o.response_excerpt, $1
 FROM outcome o
 JOIN written w ON w.id = o.delivery_id AND w.attempts = o.attempt
 RETURNING delivery_id

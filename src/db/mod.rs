@@ -8,52 +8,85 @@
 pub mod migrate;
 pub mod queries;
 
+use std::fmt;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{Client, Connection, NoTls, Socket};
 
 use crate::config::DatabaseUrl;
 
 /// Database failures. Delivery failures are never this: they are data.
+///
+/// The message carries the driver's whole cause chain on one line (the
+/// driver's own `Display` says only "db error"), so a logged `%error`
+/// tells what happened; for that reason the driver error is not also
+/// exposed as `source()`, which would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// `DATABASE_URL` does not parse.
-    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {0}")]
-    BadUrl(#[source] tokio_postgres::Error),
+    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {}", Chain(.0))]
+    BadUrl(tokio_postgres::Error),
     /// A migration file failed to apply; nothing of the run was committed.
-    #[error("migration {name} failed: {source}")]
+    #[error("migration {name} failed: {}", Chain(.cause))]
     Migration {
         /// The migration's file name.
         name: &'static str,
         /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
     /// Connecting, or a statement, failed.
-    #[error("{context}: {}", server_message(source))]
+    #[error("{context}: {}", Chain(.cause))]
     Postgres {
         /// What outboxd was doing.
         context: &'static str,
         /// The driver's error (SQLSTATE, message).
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
+    },
+    /// A statement got no answer in time: the connection is presumed dead
+    /// (a silently dropped connection never answers, and TCP may take many
+    /// minutes to say so).
+    #[error("{context}: no answer within {after:?}; the connection is presumed dead")]
+    Unresponsive {
+        /// What outboxd was doing.
+        context: &'static str,
+        /// How long it waited.
+        after: Duration,
     },
 }
 
-/// The driver's text plus, for a server error, its SQLSTATE and message
-/// (`db error` alone hides e.g. a missing grant). Never the DETAIL: for a
-/// constraint violation it holds the failing row, secrets included.
-fn server_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{error}: {} (SQLSTATE {})", db.message(), db.code().code()),
-        None => error.to_string(),
+/// A driver error and its causes on one line: the server's message with
+/// its SQLSTATE, or e.g. `error connecting to server: Connection refused`.
+/// Never the DETAIL: for a constraint violation it holds the failing row,
+/// secrets included.
+struct Chain<'a>(&'a tokio_postgres::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(db) = self.0.as_db_error() {
+            write!(
+                f,
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )?;
+            return Ok(());
+        }
+        write!(f, "{}", self.0)?;
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
     }
 }
 
 impl DbError {
     /// Attaches what outboxd was doing to a driver error.
     pub fn during(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
-        move |source| Self::Postgres { context, source }
+        move |cause| Self::Postgres { context, cause }
     }
 
     /// Whether the connection is gone (as opposed to a statement failing),
@@ -61,10 +94,11 @@ impl DbError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Self::BadUrl(_) => false,
-            Self::Migration { source, .. } | Self::Postgres { source, .. } => {
-                source.is_closed()
-                    || source.code().is_none()
-                    || source.code().is_some_and(|c| {
+            Self::Unresponsive { .. } => true,
+            Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
+                cause.is_closed()
+                    || cause.code().is_none()
+                    || cause.code().is_some_and(|c| {
                         // Class 08 (connection exception) and 57P01..57P03
                         // (admin shutdown, crash shutdown, cannot connect now).
                         c.code().starts_with("08") || c.code().starts_with("57P")
@@ -74,11 +108,17 @@ impl DbError {
     }
 }
 
+/// The longest a connection handshake (TCP, startup, authentication) may
+/// take: the default TCP connect timeout plus as much again for the rest.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(20);
+
 /// Opens connections to one database, with the keepalives and timeouts a
 /// long-lived sidecar needs to notice a silently dead peer.
 #[derive(Clone)]
 pub struct Db {
     config: tokio_postgres::Config,
+    /// Cap of the reconnect backoff of every component using this database.
+    reconnect_max: Duration,
 }
 
 impl Db {
@@ -91,27 +131,56 @@ impl Db {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        // Keepalives find a dead peer of an idle connection; the user
+        // timeout one that stopped acknowledging a statement, which TCP
+        // would otherwise retransmit for a quarter of an hour.
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(15))
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3);
-        Ok(Self { config })
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
+        Ok(Self {
+            config,
+            reconnect_max: Backoff::DEFAULT_MAX,
+        })
+    }
+
+    /// Caps the reconnect backoff handed out by [`backoff`](Self::backoff).
+    pub fn with_reconnect_max(mut self, max: Duration) -> Self {
+        self.reconnect_max = max;
+        self
+    }
+
+    /// A fresh reconnect backoff for one component.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::with_max(self.reconnect_max)
     }
 
     /// A new connection, driven by a background task until it closes.
     pub async fn connect(&self) -> Result<Client, DbError> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(DbError::during("connecting to PostgreSQL"))?;
+        let (client, connection) = self.open().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "database connection closed");
             }
         });
         Ok(client)
+    }
+
+    /// A new connection whose messages the caller drives (LISTEN). The
+    /// whole handshake must finish within [`HANDSHAKE_DEADLINE`]: the
+    /// driver's connect timeout covers only the TCP connect, and a
+    /// connection that dies silently during startup would never finish.
+    pub async fn open(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), DbError> {
+        const CONTEXT: &str = "connecting to PostgreSQL";
+        match tokio::time::timeout(HANDSHAKE_DEADLINE, self.config.connect(NoTls)).await {
+            Ok(opened) => opened.map_err(DbError::during(CONTEXT)),
+            Err(_) => Err(DbError::Unresponsive {
+                context: CONTEXT,
+                after: HANDSHAKE_DEADLINE,
+            }),
+        }
     }
 
     /// The raw driver configuration, e.g. for a connection whose messages
@@ -121,36 +190,96 @@ impl Db {
     }
 }
 
-/// Exponential reconnect backoff: 100 ms doubling to 10 s, with jitter.
+/// Exponential reconnect backoff: 100 ms doubling up to a cap (by default
+/// 10 s, `--reconnect-max`), with jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
+    /// The default cap.
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(10);
 
-    /// Starts at the first step.
+    /// Starts at the first step, capped at [`DEFAULT_MAX`](Self::DEFAULT_MAX).
     pub fn new() -> Self {
-        Self { next: Self::FIRST }
+        Self::with_max(Self::DEFAULT_MAX)
+    }
+
+    /// Starts at the first step; no delay exceeds `max` (before jitter).
+    pub fn with_max(max: Duration) -> Self {
+        Self {
+            next: Self::FIRST.min(max),
+            max,
+        }
     }
 
     /// The delay to wait now; each call doubles the next one.
     pub fn next_delay(&mut self) -> Duration {
         let delay = self.next.mul_f64(0.75 + fastrand::f64() / 2.0);
-        self.next = (self.next * 2).min(Self::MAX);
+        self.next = (self.next * 2).min(self.max);
         delay
     }
 
     /// Back to the first step after a success.
     pub fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.next = Self::FIRST.min(self.max);
     }
 }
 
 impl Default for Backoff {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_and_resets() {
+        let mut backoff = Backoff::with_max(Duration::from_millis(500));
+        let delays: Vec<Duration> = (0..6).map(|_| backoff.next_delay()).collect();
+        let nominal = [100, 200, 400, 500, 500, 500];
+        for (delay, ms) in delays.iter().zip(nominal) {
+            let ms = Duration::from_millis(ms);
+            assert!(
+                *delay >= ms.mul_f64(0.75) && *delay <= ms.mul_f64(1.25),
+                "{delay:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(125));
+        let mut tiny = Backoff::with_max(Duration::from_millis(20));
+        assert!(tiny.next_delay() <= Duration::from_millis(25));
+    }
+
+    #[tokio::test]
+    async fn connection_errors_say_why_once() {
+        // Bound then dropped: nothing listens on this port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let db = Db::new(&DatabaseUrl::new(format!(
+            "postgres://u@127.0.0.1:{port}/d"
+        )))
+        .unwrap();
+        let error = db.connect().await.unwrap_err();
+        assert!(error.is_connection_lost());
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with("connecting to PostgreSQL: error connecting to server: "),
+            "{shown}"
+        );
+        assert!(shown.contains("refused"), "the OS's reason: {shown}");
+        assert!(
+            std::error::Error::source(&error).is_none(),
+            "the cause is in the message; as a source it would print twice"
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! The sidecar's statements, one named `.sql` file each in `sql/queries`,
-//! prepared once per connection.
+//! prepared once per connection. Each gets at most [`STATEMENT_DEADLINE`]
+//! to answer, so that a connection that died silently is replaced instead
+//! of stalling claims or outcome writes forever.
 
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{Db, DbError};
 use crate::delivery::{EndpointTls, Job, Outcome, Verdict};
@@ -14,6 +17,13 @@ const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
 const NEXT_DUE: &str = include_str!("../../sql/queries/deliveries_next_due.sql");
 const LEAVE_WAITING: &str = include_str!("../../sql/queries/waiting_leave.sql");
 const LOCK_KEYS: &str = include_str!("../../sql/queries/ordering_keys_lock.sql");
+
+/// The longest any of these statements may take before the connection is
+/// presumed dead and replaced. A healthy server answers in milliseconds
+/// (claims skip locked rows, outcome writes touch only their own claims),
+/// so only a dead or wedged connection gets near it; the statement is then
+/// also cancelled server-side, in case the server is merely slow.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A connection with the sidecar's statements prepared on it.
 pub struct Queries {
@@ -30,16 +40,20 @@ impl Queries {
     pub async fn connect(db: &Db) -> Result<Self, DbError> {
         let client = db.connect().await?;
         let prepare = |sql| client.prepare(sql);
-        let (claim, complete, release, next_due, lock_keys) = tokio::try_join!(
-            prepare(CLAIM),
-            prepare(COMPLETE),
-            prepare(RELEASE),
-            prepare(NEXT_DUE),
-            prepare(LOCK_KEYS)
-        )
-        .map_err(DbError::during(
+        let (claim, complete, release, next_due, lock_keys) = within(
+            &client,
             "preparing statements (has `outboxd migrate` run?)",
-        ))?;
+            async {
+                tokio::try_join!(
+                    prepare(CLAIM),
+                    prepare(COMPLETE),
+                    prepare(RELEASE),
+                    prepare(NEXT_DUE),
+                    prepare(LOCK_KEYS)
+                )
+            },
+        )
+        .await?;
         Ok(Self {
             client,
             claim,
@@ -63,11 +77,13 @@ impl Queries {
         lease: Duration,
     ) -> Result<Vec<Job>, DbError> {
         let limit = limit as i64;
-        let rows = self
-            .client
-            .query(&self.claim, &[&owner, &limit, &lease.as_secs_f64()])
-            .await
-            .map_err(DbError::during("claiming deliveries"))?;
+        let rows = within(
+            &self.client,
+            "claiming deliveries",
+            self.client
+                .query(&self.claim, &[&owner, &limit, &lease.as_secs_f64()]),
+        )
+        .await?;
         let claimed_at = Instant::now();
         Ok(rows
             .iter()
@@ -123,21 +139,30 @@ impl Queries {
         }
         keys.sort_unstable();
         keys.dedup();
-        let during = DbError::during("writing delivery outcomes");
-        self.client.batch_execute("BEGIN").await.map_err(during)?;
+        within(
+            &self.client,
+            "writing delivery outcomes",
+            self.client.batch_execute("BEGIN"),
+        )
+        .await?;
         let result = async {
             let (endpoints, ordering_keys): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
-            self.client
-                .execute(&self.lock_keys, &[&endpoints, &ordering_keys])
-                .await
-                .map_err(DbError::during("locking ordering keys"))?;
+            within(
+                &self.client,
+                "locking ordering keys",
+                self.client
+                    .execute(&self.lock_keys, &[&endpoints, &ordering_keys]),
+            )
+            .await?;
             let written = self
                 .complete_statement(owner, outcomes, disable_after)
                 .await?;
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(DbError::during("committing delivery outcomes"))?;
+            within(
+                &self.client,
+                "committing delivery outcomes",
+                self.client.batch_execute("COMMIT"),
+            )
+            .await?;
             Ok(written)
         }
         .await;
@@ -181,9 +206,10 @@ impl Queries {
             excerpts.push(record.and_then(|r| r.response_excerpt.as_deref()));
             disable.push(outcome.disable_endpoint.as_deref());
         }
-        let rows = self
-            .client
-            .query(
+        let rows = within(
+            &self.client,
+            "writing delivery outcomes",
+            self.client.query(
                 &self.complete,
                 &[
                     &owner,
@@ -199,29 +225,32 @@ impl Queries {
                     &disable,
                     &disable_after.as_secs_f64(),
                 ],
-            )
-            .await
-            .map_err(DbError::during("writing delivery outcomes"))?;
+            ),
+        )
+        .await?;
         Ok(rows.len())
     }
 
     /// `owner` stops waiting for NOTIFY (it is shutting down).
     pub async fn leave_waiting(&self, owner: &str) -> Result<(), DbError> {
-        self.client
-            .execute(LEAVE_WAITING, &[&owner])
-            .await
-            .map_err(DbError::during("leaving outbox.waiting"))?;
+        within(
+            &self.client,
+            "leaving outbox.waiting",
+            self.client.execute(LEAVE_WAITING, &[&owner]),
+        )
+        .await?;
         Ok(())
     }
 
     /// Hands claims back uncounted; returns how many were still ours.
     pub async fn release(&self, owner: &str, claims: &[(i64, i32)]) -> Result<usize, DbError> {
         let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
-        let rows = self
-            .client
-            .query(&self.release, &[&owner, &ids, &attempts])
-            .await
-            .map_err(DbError::during("releasing claimed deliveries"))?;
+        let rows = within(
+            &self.client,
+            "releasing claimed deliveries",
+            self.client.query(&self.release, &[&owner, &ids, &attempts]),
+        )
+        .await?;
         Ok(rows.len())
     }
 
@@ -229,15 +258,42 @@ impl Queries {
     /// or `None` when nothing is open. With `waiting`, also records that
     /// `owner` now waits for producers' NOTIFY (see `outbox.waiting`).
     pub async fn next_due(&self, owner: &str, waiting: bool) -> Result<Option<Duration>, DbError> {
-        let row = self
-            .client
-            .query_one(&self.next_due, &[&owner, &waiting])
-            .await
-            .map_err(DbError::during("looking up the next due delivery"))?;
+        let row = within(
+            &self.client,
+            "looking up the next due delivery",
+            self.client.query_one(&self.next_due, &[&owner, &waiting]),
+        )
+        .await?;
         // Waiting keyed deliveries are due at 'infinity': +inf seconds,
         // "not soon".
         Ok(row
             .get::<_, Option<f64>>(0)
             .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)))
+    }
+}
+
+/// Runs `statement` on `client` for at most [`STATEMENT_DEADLINE`]. When the
+/// deadline passes, the server is asked (on a new connection, in the
+/// background) to cancel it, so that a slow but alive server does not go
+/// on working for a client that left.
+async fn within<T>(
+    client: &Client,
+    context: &'static str,
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(STATEMENT_DEADLINE, statement).await {
+        Ok(result) => result.map_err(DbError::during(context)),
+        Err(_) => {
+            let cancel = client.cancel_token();
+            tokio::spawn(async move {
+                if let Err(error) = cancel.cancel_query(NoTls).await {
+                    tracing::debug!(%error, "could not cancel an unanswered statement");
+                }
+            });
+            Err(DbError::Unresponsive {
+                context,
+                after: STATEMENT_DEADLINE,
+            })
+        }
     }
 }

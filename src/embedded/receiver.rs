@@ -133,7 +133,17 @@ impl Receiver {
         verifier: Option<Verifier>,
         script: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), verifier, script).await
+    }
+
+    /// Like [`start`](Self::start), on a given address: a receiver that
+    /// comes back on the port of one that was stopped (an outage).
+    pub async fn start_at(
+        addr: SocketAddr,
+        verifier: Option<Verifier>,
+        script: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             script: Box::new(script),
@@ -145,6 +155,11 @@ impl Receiver {
         let stop = CancellationToken::new();
         tokio::spawn(serve(listener, state.clone(), stop.clone()));
         Ok(Self { addr, state, stop })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The URL to register as an endpoint.

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::db::{Backoff, Db, DbError};
 use crate::telemetry;
@@ -32,36 +33,37 @@ pub async fn run(
     listening: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new();
-    while !shutdown.is_cancelled() {
-        match listen_once(&db, &wake, &listening, &shutdown, &mut backoff).await {
-            Ok(()) => {}
-            Err(error) => {
-                telemetry::reconnect("listener");
-                tracing::warn!(%error, "wake-up listener lost its connection; reconnecting")
-            }
-        }
+    let mut backoff = db.backoff();
+    loop {
+        // Shutdown must not wait for a connection that may never answer.
+        let lost = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            lost = listen_once(&db, &wake, &listening, &mut backoff) => lost,
+        };
+        telemetry::reconnect("listener");
+        tracing::warn!(error = %lost, "wake-up listener lost its connection; reconnecting");
         listening.store(false, Ordering::Relaxed);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+    listening.store(false, Ordering::Relaxed);
 }
 
-/// One connection's life: subscribe, nudge, forward notifications, probe.
+/// One connection's life: subscribe, nudge, forward notifications, probe;
+/// returns why it ended. Every step that waits for the server is bounded,
+/// so a connection that dies silently is given up within seconds.
 async fn listen_once(
     db: &Db,
     wake: &Arc<Notify>,
     listening: &AtomicBool,
-    shutdown: &CancellationToken,
     backoff: &mut Backoff,
-) -> Result<(), Lost> {
-    let (client, mut connection) = db
-        .config()
-        .connect(NoTls)
-        .await
-        .map_err(DbError::during("connecting the wake-up listener"))?;
+) -> Lost {
+    let (client, mut connection) = match db.open().await {
+        Ok(opened) => opened,
+        Err(error) => return error.into(),
+    };
     let forward = {
         let wake = Arc::clone(wake);
         async move {
@@ -75,41 +77,41 @@ async fn listen_once(
             Ok(())
         }
     };
-    let mut forward = tokio::spawn(forward);
-    let result = async {
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(DbError::during("subscribing with LISTEN"))?;
-        listening.store(true, Ordering::Relaxed);
-        backoff.reset();
-        tracing::info!(channel = CHANNEL, "listening for wake-ups");
-        // Subscribed first, now look: rows committed before LISTEN are found.
-        wake.notify_one();
-        let mut probe = tokio::time::interval(PROBE_EVERY);
-        probe.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                ended = &mut forward => {
-                    return Err(match ended {
-                        Ok(Err(error)) => DbError::during("listening for wake-ups")(error).into(),
-                        _ => Lost::Closed,
-                    });
-                }
-                _ = probe.tick() => {
-                    match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) => return Err(DbError::during("probing the listener")(error).into()),
-                        Err(_) => return Err(Lost::Unresponsive(PROBE_TIMEOUT)),
-                    }
+    let mut forward = AbortOnDropHandle::new(tokio::spawn(forward));
+    match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        client.batch_execute(&format!("LISTEN {CHANNEL}")),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return DbError::during("subscribing with LISTEN")(error).into(),
+        Err(_) => return Lost::Unresponsive(PROBE_TIMEOUT),
+    }
+    listening.store(true, Ordering::Relaxed);
+    backoff.reset();
+    tracing::info!(channel = CHANNEL, "listening for wake-ups");
+    // Subscribed first, now look: rows committed before LISTEN are found.
+    wake.notify_one();
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.tick().await;
+    loop {
+        tokio::select! {
+            ended = &mut forward => {
+                return match ended {
+                    Ok(Err(error)) => DbError::during("listening for wake-ups")(error).into(),
+                    _ => Lost::Closed,
+                };
+            }
+            _ = probe.tick() => {
+                match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => return DbError::during("probing the listener")(error).into(),
+                    Err(_) => return Lost::Unresponsive(PROBE_TIMEOUT),
                 }
             }
         }
     }
-    .await;
-    forward.abort();
-    result
 }
 
 /// Why a listening connection ended.

@@ -132,6 +132,35 @@ async fn claims_skip_disabled_endpoints_until_re_enabled() {
 }
 
 #[tokio::test]
+async fn a_delivery_scheduled_at_infinity_is_never_due() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    db.client
+        .execute(
+            "INSERT INTO outbox.messages (event_id, event_type, payload, deliver_after)
+             VALUES ('parked', 't', '{}', 'infinity')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let q = queries(&db).await;
+    assert_eq!(q.next_due("w", false).await.unwrap(), Some(Duration::MAX));
+    assert!(
+        q.claim("w", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() {
     let db = fresh_db().await;
     add_endpoint(
@@ -213,15 +242,19 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
     assert_eq!(row.get::<_, i32>(1), 2);
     assert_eq!(row.get::<_, Option<i32>>(2), Some(200));
     assert_eq!(row.get::<_, Option<String>>(3), None);
-    let logged: Vec<i32> = db
+    let logged: Vec<(i32, Option<String>)> = db
         .client
-        .query("SELECT attempt FROM outbox.attempts", &[])
+        .query("SELECT attempt, worker_id FROM outbox.attempts", &[])
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(logged, [2], "only the owner's attempt is logged");
+    assert_eq!(
+        logged,
+        [(2, Some("worker-b".to_owned()))],
+        "only the owner's attempt is logged, with the owner's name"
+    );
 }
 
 #[tokio::test]

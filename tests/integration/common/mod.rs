@@ -172,7 +172,9 @@ pub async fn add_endpoint(
     let types: Option<Vec<String>> = event_types.map(|t| t.iter().map(|s| s.to_string()).collect());
     client
         .execute(
-            "INSERT INTO outbox.endpoints (id, url, secrets, event_types) VALUES ($1, $2, ARRAY[$3], $4)",
+            // max_in_flight 64 (not the default 16): tests that want a cap set it.
+            "INSERT INTO outbox.endpoints (id, url, secrets, event_types, max_in_flight)
+             VALUES ($1, $2, ARRAY[$3], $4, 64)",
             &[&id, &url, &secret.to_whsec(), &types],
         )
         .await
