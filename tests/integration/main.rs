@@ -7,6 +7,7 @@ mod adopt;
 mod claiming;
 mod cli;
 mod delivery;
+mod docs;
 mod logical;
 mod migrations;
 mod operations;
