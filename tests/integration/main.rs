@@ -8,6 +8,7 @@ mod claiming;
 mod cli;
 mod delivery;
 mod docs;
+mod examples;
 mod logical;
 mod migrations;
 mod operations;
