@@ -45,6 +45,11 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the sidecar: claim due deliveries, sign and POST them, record outcomes.
     Run(RunArgs),
+    /// Ask a running sidecar's admin server whether it is healthy; exit 0 if so, 1 if not.
+    ///
+    /// For container health checks where there is no shell or curl (the
+    /// distroless image): `HEALTHCHECK CMD ["outboxd", "healthcheck"]`.
+    Healthcheck(HealthcheckArgs),
     /// Create or upgrade the outbox schema (safe to repeat, safe to run concurrently).
     Migrate(DatabaseArgs),
     /// Backlog, oldest pending, dead and health per endpoint.
@@ -269,6 +274,20 @@ impl RunArgs {
     }
 }
 
+/// Settings of `outboxd healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The sidecar's --admin-addr; 0.0.0.0 (as in containers) is asked on 127.0.0.1.
+    #[arg(long, env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    admin_addr: SocketAddr,
+    /// What to ask: /healthz (the process is alive) or /readyz (it can deliver now).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+    /// Report unhealthy when there is no answer within this time.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
 /// Settings of `outboxd demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -320,6 +339,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             crate::sidecar::run(config, args.migrate, shutdown).await?;
             Ok(())
         }
+        Command::Healthcheck(args) => healthcheck(&args).await,
         Command::Migrate(args) => {
             let db = Db::new(&DatabaseUrl::new(args.database_url))?;
             let mut client = db.connect().await?;
@@ -360,6 +380,48 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             commands::adopt::unadopt(&client, &args.table).await
         }
     }
+}
+
+/// One `GET` over a plain TCP connection: the admin server speaks
+/// HTTP/1.1 on loopback, so no HTTP client (or TLS) is needed.
+async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if !args.path.starts_with('/') {
+        bail!("--path must start with /, e.g. /healthz");
+    }
+    let mut addr = args.admin_addr;
+    if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        addr.set_ip(loopback);
+    }
+    let url = format!("http://{addr}{}", args.path);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n",
+            args.path
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(4096).read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(args.timeout, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("unhealthy: {url} did not answer within {:?}", args.timeout))?
+        .with_context(|| format!("unhealthy: cannot ask {url} (is `outboxd run` up?)"))?;
+    let status = response.split(' ').nth(1).unwrap_or("no status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b.trim());
+    if !status.starts_with('2') {
+        bail!("unhealthy: {url} answered {status}: {body}");
+    }
+    println!("healthy: {url} answered {status}");
+    Ok(())
 }
 
 async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {

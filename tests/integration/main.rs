@@ -6,6 +6,7 @@ mod common;
 mod adopt;
 mod claiming;
 mod cli;
+mod container;
 mod delivery;
 mod docs;
 mod examples;
