@@ -252,9 +252,13 @@ async fn binary_runs_alone_with_only_the_image_environment() {
         .unwrap();
     let healthy = eventually(WAIT, || async { healthcheck(&image, &env, &[]).await.0 }).await;
     assert!(healthy, "never healthy; log:\n{}", image.log());
-    let (ready, text) = healthcheck(&image, &env, &["--path", "/readyz"]).await;
-    assert!(ready, "{text}");
-    assert!(text.starts_with("healthy: http://127.0.0.1:"), "{text}");
+    // Ready once the wake-up listener has subscribed, a moment later.
+    let ready = eventually(WAIT, || async {
+        let (ready, text) = healthcheck(&image, &env, &["--path", "/readyz"]).await;
+        ready && text.starts_with("healthy: http://127.0.0.1:")
+    })
+    .await;
+    assert!(ready, "never ready; log:\n{}", image.log());
 
     let secret = Secret::generate();
     let receiver = ok_receiver(Some(&secret)).await;
