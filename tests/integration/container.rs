@@ -248,6 +248,8 @@ async fn binary_runs_alone_with_only_the_image_environment() {
         .command(&["run", "--migrate"], &env)
         .stdout(Stdio::null())
         .stderr(log)
+        // A failing assertion must not leave a sidecar running.
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let healthy = eventually(WAIT, || async { healthcheck(&image, &env, &[]).await.0 }).await;
