@@ -223,3 +223,56 @@ async fn an_order_whose_event_cannot_be_written_is_not_written_either() {
         .unwrap();
     assert_eq!(placed.event_id, "order-2-created");
 }
+
+/// The SQL string literals of docs/clients.md's `lang` blocks, with
+/// psycopg's `%s` placeholders numbered as PostgreSQL's `$n`.
+fn client_statements(lang: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(repo_path("docs/clients.md")).unwrap();
+    let mut statements = Vec::new();
+    for block in doc.split(&format!("```{lang}\n")).skip(1) {
+        let code = block.split("```").next().unwrap();
+        for literal in code.split('"').skip(1).step_by(2) {
+            if literal.starts_with("INSERT INTO") || literal.starts_with("SELECT") {
+                let mut numbered = String::new();
+                for (n, part) in literal.split("%s").enumerate() {
+                    if n > 0 {
+                        numbered.push_str(&format!("${n}"));
+                    }
+                    numbered.push_str(part);
+                }
+                statements.push(numbered);
+            }
+        }
+    }
+    statements
+}
+
+#[tokio::test]
+async fn client_snippets_in_the_docs_fit_the_schema() {
+    let db = fresh_db().await;
+    db.client.batch_execute(app::ORDERS_TABLE).await.unwrap();
+    let python = client_statements("python");
+    let node = client_statements("js");
+    assert_eq!(python.len(), 2, "{python:?}");
+    assert_eq!(
+        python, node,
+        "the Python and Node snippets send the same SQL"
+    );
+    for statement in &python {
+        let prepared = db
+            .client
+            .prepare(statement)
+            .await
+            .unwrap_or_else(|e| panic!("docs/clients.md: {statement}\n{e}"));
+        let placeholders = statement.matches('$').count();
+        assert_eq!(prepared.params().len(), placeholders, "{statement}");
+    }
+    let doc = std::fs::read_to_string(repo_path("docs/clients.md")).unwrap();
+    for block in doc.split("```sql\n").skip(1) {
+        let query = block.split("```").next().unwrap();
+        db.client
+            .query(query.trim().trim_end_matches(';'), &[])
+            .await
+            .unwrap_or_else(|e| panic!("docs/clients.md: {query}\n{e}"));
+    }
+}
