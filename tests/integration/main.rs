@@ -8,6 +8,7 @@ mod claiming;
 mod cli;
 mod container;
 mod delivery;
+mod demo;
 mod deploy;
 mod docs;
 mod examples;
