@@ -278,10 +278,11 @@ async fn binary_runs_alone_with_only_the_image_environment() {
     assert!(delivered, "not delivered; log:\n{}", image.log());
     assert_eq!(receiver.received()[0].webhook_id, "from-the-image");
 
-    let pid = sidecar.id().unwrap().to_string();
+    // As `docker stop` does. The shell's built-in kill: no procps needed.
+    let pid = sidecar.id().unwrap();
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
+        Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
             .status()
             .unwrap()
             .success()
