@@ -83,6 +83,49 @@ pub enum Command {
     Adopt(commands::adopt::AdoptArgs),
     /// Stop feeding outbox.messages from an adopted table (drops only what adopt installed).
     Unadopt(commands::adopt::UnadoptArgs),
+    /// Generate an endpoint key: an ed25519 pair (whsk_ secret key, whpk_ public key) or,
+    /// with --hmac, a whsec_ secret.
+    Keygen(KeygenArgs),
+    /// Measure throughput, latency, producer cost and claim cost beside the machine's ceilings.
+    Bench(BenchArgs),
+}
+
+/// Settings of `outboxd bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Create the bench database on this server instead of starting a throwaway one.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Messages in the drained backlog.
+    #[arg(long, default_value_t = 50_000)]
+    pub messages: u64,
+    /// `outboxd run` processes draining it.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// Requests in flight per sidecar.
+    #[arg(long, default_value_t = defaults::CONCURRENCY)]
+    pub concurrency: usize,
+    /// Rows per claim.
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Endpoints (all on the in-process receiver).
+    #[arg(long, default_value_t = 1)]
+    pub endpoints: u32,
+    /// Endpoints each message goes to (at most --endpoints).
+    #[arg(long, default_value_t = 1)]
+    pub fan_out: u32,
+    /// Finished rows beside the second claim-cost measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub finished_rows: u64,
+    /// Seconds for each producer mode and for the steady-load latency.
+    #[arg(long, default_value_t = 5.0)]
+    pub phase_secs: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Settings of `outboxd status`.
@@ -261,6 +304,14 @@ pub struct RunArgs {
     /// Print the effective configuration (secrets masked) and exit.
     #[arg(long, help_heading = "Shutdown and admin server")]
     pub print_config: bool,
+    /// Let endpoints reach this otherwise refused range (loopback, private, link-local, ...),
+    /// e.g. 10.20.0.0/16 or 127.0.0.1; repeatable, comma-separated in the env var.
+    #[arg(long = "allow-network", help_heading = "Egress", env = "OUTBOXD_ALLOW_NETWORKS", value_delimiter = ',', value_parser = crate::delivery::egress::parse_network)]
+    allow_networks: Vec<ipnet::IpNet>,
+    /// Send every webhook through this HTTP proxy, e.g. `http://egress.internal:3128` (static
+    /// egress IPs). HTTP_PROXY/HTTPS_PROXY are ignored; targets are still checked.
+    #[arg(long, help_heading = "Egress", env = "OUTBOXD_EGRESS_PROXY", hide_env_values = true, value_parser = crate::delivery::egress::EgressProxy::parse)]
+    egress_proxy: Option<crate::delivery::egress::EgressProxy>,
 }
 
 impl RunArgs {
@@ -290,6 +341,8 @@ impl RunArgs {
                 dead: self.dead_retention,
                 every: self.purge_interval,
             }),
+            allow_networks: self.allow_networks.clone(),
+            egress_proxy: self.egress_proxy.clone(),
         };
         config.validate()?;
         Ok(config)
@@ -321,7 +374,7 @@ pub struct DemoArgs {
 /// Settings of `outboxd verify`.
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    /// Endpoint secret (whsec_...); repeat during a rotation.
+    /// Endpoint secret (whsec_...) or ed25519 public key (whpk_...); repeat during a rotation.
     #[arg(
         long = "secret",
         env = "OUTBOXD_VERIFY_SECRETS",
@@ -345,6 +398,14 @@ pub struct VerifyArgs {
     /// How far the timestamp may be from this machine's clock.
     #[arg(long, env = "OUTBOXD_VERIFY_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub tolerance: Duration,
+}
+
+/// Settings of `outboxd keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Print a symmetric whsec_ secret (shared with the receiver) instead of a key pair.
+    #[arg(long)]
+    pub hmac: bool,
 }
 
 /// Runs a parsed command to completion.
@@ -393,6 +454,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => commands::verify::run(&args),
+        Command::Keygen(args) => commands::keygen::run(&args),
+        Command::Bench(args) => bench(args).await,
         Command::Adopt(args) => {
             let client = connect(&args.database).await?;
             commands::adopt::adopt(&client, &args).await
@@ -446,6 +509,35 @@ async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.fan_out == 0 || args.fan_out > args.endpoints {
+        bail!(
+            "--fan-out must be between 1 and --endpoints ({})",
+            args.endpoints
+        );
+    }
+    let options = crate::bench::Options {
+        messages: args.messages,
+        replicas: args.replicas.max(1),
+        concurrency: args.concurrency.max(1),
+        batch_size: args.batch_size.max(1),
+        payload_bytes: args.payload_bytes,
+        endpoints: args.endpoints,
+        fan_out: args.fan_out,
+        finished_rows: args.finished_rows,
+        phase_secs: args.phase_secs.max(0.5),
+        database_url: args.database_url,
+        sidecar_bin: std::env::current_exe().context("locating the outboxd executable")?,
+    };
+    let report = crate::bench::run(options).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
 async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
     let db = Db::new(&DatabaseUrl::new(database.database_url.clone()))?;
     Ok(db.connect().await?)
@@ -484,6 +576,8 @@ async fn endpoint(client: &tokio_postgres::Client, command: EndpointCommand) -> 
     }
 }
 
+/// Prints the secret on the first line and, for a key pair, the public key
+/// on the second, so scripts can `read` them; the explanation goes to stderr.
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};

@@ -7,6 +7,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
+use crate::delivery::egress::EgressProxy;
 use crate::retry::{self, RetryPolicy, ScheduleError};
 
 /// Defaults, shared by the CLI's `--help` and [`Config::new`].
@@ -158,6 +161,12 @@ pub struct Config {
     pub admin_addr: Option<SocketAddr>,
     /// The retention purge; `None`: keep everything.
     pub retention: Option<Retention>,
+    /// Non-public address ranges that endpoints may reach anyway (the SSRF
+    /// guard refuses loopback, private, link-local, ... by default).
+    pub allow_networks: Vec<IpNet>,
+    /// Send every request through this HTTP proxy (static egress
+    /// addresses); targets are still checked before each request.
+    pub egress_proxy: Option<EgressProxy>,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -208,6 +217,8 @@ impl Config {
             disable_after: parse(defaults::DISABLE_AFTER),
             admin_addr: None,
             retention: Some(Retention::default()),
+            allow_networks: Vec::new(),
+            egress_proxy: None,
         }
     }
 

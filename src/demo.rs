@@ -98,6 +98,8 @@ pub async fn run(database_url: Option<String>) -> anyhow::Result<()> {
     let mut config = Config::new(url);
     config.poll_interval = Duration::from_secs(1);
     config.retry = RetryPolicy::parse("0s,1s,2s,5s", Duration::from_secs(5))?;
+    // The receiver is on loopback, which the SSRF guard refuses by default.
+    config.allow_networks = vec!["127.0.0.0/8".parse()?];
     let sidecar = tokio::spawn(crate::sidecar::run(config, false, shutdown.clone()));
 
     steps.next("one application transaction: 4 orders and their 5 events");

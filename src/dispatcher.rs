@@ -14,7 +14,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Wakeup};
 use crate::db::queries::Queries;
 use crate::db::{Backoff, Db, DbError};
 use crate::delivery::{Deliverer, Job, Outcome, Verdict};
@@ -23,6 +23,15 @@ use crate::telemetry;
 /// After an empty claim while a row is overdue (locked by another replica's
 /// claim in progress), look again this soon rather than spin.
 const OVERDUE_RECHECK: Duration = Duration::from_millis(25);
+
+/// With a backlog, how long to wait for a quarter batch of free slots
+/// before claiming with fewer.
+const BATCH_GATHER: Duration = Duration::from_millis(2);
+
+/// Having worked and gone idle, look again after these delays: producers
+/// that checked `outbox.waiting` while this sidecar was busy did not
+/// NOTIFY, and may commit just after its last claim.
+const IDLE_RECHECKS: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(50)];
 
 /// Claims deliveries and runs them.
 pub struct Dispatcher {
@@ -68,14 +77,24 @@ impl Dispatcher {
         let mut queries = None;
         let mut backoff = Backoff::new();
         let mut connected_before = false;
+        let mut rechecks: &[Duration] = &[];
         while !shutdown.is_cancelled() {
             if queries.is_none() && connected_before {
                 telemetry::reconnect("dispatcher");
             }
             let idle = match self.drain(&mut queries, &shutdown).await {
-                Ok(idle) => {
+                Ok((idle, worked)) => {
                     backoff.reset();
-                    idle
+                    if worked {
+                        rechecks = &IDLE_RECHECKS;
+                    }
+                    match rechecks.split_first() {
+                        Some((soon, rest)) => {
+                            rechecks = rest;
+                            idle.min(*soon)
+                        }
+                        None => idle,
+                    }
                 }
                 Err(error) => {
                     telemetry::db_error("claim");
@@ -94,22 +113,30 @@ impl Dispatcher {
                 _ = tokio::time::sleep(idle) => {}
             }
         }
+        if let Some(queries) = &queries {
+            let leave = queries.leave_waiting(&self.config.worker_id);
+            if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(2), leave).await {
+                tracing::debug!(%error, "could not leave outbox.waiting");
+            }
+        }
     }
 
-    /// Claims until a claim comes back short, then says how long to idle.
+    /// Claims until a claim comes back short, then says how long to idle
+    /// and whether anything was claimed.
     async fn drain(
         &self,
         queries: &mut Option<Queries>,
         shutdown: &CancellationToken,
-    ) -> Result<Duration, DbError> {
+    ) -> Result<(Duration, bool), DbError> {
         if queries.as_ref().is_none_or(Queries::is_closed) {
             *queries = Some(Queries::connect(&self.db).await?);
         }
         let queries = queries.as_ref().expect("connected just above");
         let mut claimed_any = false;
+        let mut backlog = false;
         loop {
-            let Some(mut permits) = self.free_permits(shutdown).await else {
-                return Ok(Duration::ZERO);
+            let Some(mut permits) = self.free_permits(shutdown, backlog).await else {
+                return Ok((Duration::ZERO, claimed_any));
             };
             let want = permits.num_permits();
             let jobs = queries
@@ -125,27 +152,52 @@ impl Dispatcher {
             if !full {
                 break;
             }
+            backlog = true;
         }
-        let due = queries.next_due().await?;
-        Ok(match due {
+        let waiting = self.config.wakeup == Wakeup::Notify;
+        let due = queries.next_due(&self.config.worker_id, waiting).await?;
+        let idle = match due {
             Some(Duration::ZERO) if !claimed_any => OVERDUE_RECHECK,
             Some(due) => due.min(self.config.poll_interval),
             None => self.config.poll_interval,
-        })
+        };
+        Ok((idle, claimed_any))
     }
 
     /// Waits for one permit, then takes every other free one up to the batch
-    /// size: never claim more rows than can start at once.
-    async fn free_permits(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    /// size: never claim more rows than can start at once. With a backlog
+    /// (the last claim was full), first wait briefly for a quarter of a
+    /// batch to free up, so a busy sidecar claims in batches rather than a
+    /// row per finished request.
+    async fn free_permits(
+        &self,
+        shutdown: &CancellationToken,
+        backlog: bool,
+    ) -> Option<OwnedSemaphorePermit> {
+        let want = self.config.batch_size.min(self.config.concurrency);
+        let gather = if backlog { (want / 4).max(1) } else { 1 };
+        let gathered = async {
+            if gather > 1 {
+                let many = self.permits.clone().acquire_many_owned(gather as u32);
+                if let Ok(permits) = tokio::time::timeout(BATCH_GATHER, many).await {
+                    return permits.expect("semaphore never closed");
+                }
+            }
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed")
+        };
         let mut permits = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return None,
-            permit = self.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            permits = gathered => permits,
         };
         let more = self
             .permits
             .available_permits()
-            .min(self.config.batch_size.saturating_sub(1));
+            .min(want.saturating_sub(permits.num_permits()));
         if more > 0
             && let Ok(extra) = self.permits.clone().try_acquire_many_owned(more as u32)
         {

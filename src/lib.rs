@@ -23,18 +23,27 @@
 //! - [`wakeup`]: `LISTEN` or a logical replication slot, with reconnects;
 //! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;
 //! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
+//!   [`delivery::egress`] is the SSRF guard (which addresses may be
+//!   reached), [`delivery::client`] the shared and per-endpoint (custom
+//!   TLS) HTTP clients;
 //! - [`writer`]: fenced, batched outcome write-back;
 //! - [`maintenance`]: backlog gauges and the retention purge;
 //! - [`retry`]: the retry schedule, jitter and `Retry-After`;
 //! - [`signature`]: Standard Webhooks signing and verification;
 //! - [`telemetry`]: metric names and recording helpers;
+//! - [`signature`]: Standard Webhooks signing and verification, HMAC
+//!   (`whsec_`, `v1,`) and ed25519 ([`signature::ed25519`]: `whsk_`/`whpk_`,
+//!   `v1a,`);
 //! - [`embedded`]: throwaway PostgreSQL and loopback receiver for the demo,
 //!   the benchmark and the tests;
-//! - [`demo`]: `outboxd demo`.
+//! - [`demo`]: `outboxd demo`;
+//! - [`bench`]: `outboxd bench`, the product measured beside the machine's
+//!   ceilings.
 
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

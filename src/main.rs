@@ -32,8 +32,17 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // tokio_postgres logs every statement's parameters at debug level, and
+    // those can be endpoint secrets: only a directive naming it turns that on.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("tokio_postgres")) {
+        filter = filter.add_directive(
+            "tokio_postgres::query=info"
+                .parse()
+                .expect("a valid constant directive"),
+        );
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -213,7 +213,8 @@ CREATE TRIGGER endpoints_enabling
 CREATE FUNCTION outbox.claim(owner text, max_rows bigint, lease_secs double precision)
 RETURNS TABLE (id bigint, attempts integer, schedule_attempt integer, endpoint_id text,
                ordering_key text, event_id text, event_type text, payload text, url text,
-               secrets text[], timeout_ms integer, headers text, age_secs double precision)
+               secrets text[], timeout_ms integer, headers text, age_secs double precision,
+               ca_pem text, client_cert_pem text, client_key_pem text)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -281,8 +282,9 @@ BEGIN
             lease_owner = owner,
             next_attempt_at = now() + make_interval(secs => lease_secs),
             updated_at = now()
-        FROM due
-        WHERE d.id = due.id
+        -- By primary key: a join with the CTE lets the planner hash-join
+        -- against a scan of the whole table.
+        WHERE d.id = ANY (ARRAY(SELECT due.id FROM due))
         RETURNING d.id, d.attempts, d.replay_base, d.message_id, d.endpoint_id, d.ordering_key
     ), spent AS (
         UPDATE outbox.endpoints e
@@ -304,7 +306,10 @@ BEGIN
            e.secrets,
            e.timeout_ms,
            e.headers::text AS headers,
-           extract(epoch FROM now() - m.created_at)::float8 AS age_secs
+           extract(epoch FROM now() - m.created_at)::float8 AS age_secs,
+           e.ca_pem,
+           e.client_cert_pem,
+           e.client_key_pem
     FROM claimed c
     JOIN outbox.messages m ON m.id = c.message_id
     JOIN outbox.endpoints e ON e.id = c.endpoint_id

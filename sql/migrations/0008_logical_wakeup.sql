@@ -5,6 +5,8 @@
 -- A publication can be created whatever wal_level is; it is only used when
 -- wal_level = logical.
 
+-- A leftover from a dropped outbox schema would block this migration.
+DROP PUBLICATION IF EXISTS outboxd_messages;
 CREATE PUBLICATION outboxd_messages FOR TABLE outbox.messages WITH (publish = 'insert');
 
 -- Turn the NOTIFY wake-up trigger on or off (run as the owner of

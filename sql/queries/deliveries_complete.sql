@@ -23,6 +23,9 @@ WITH outcome AS (
         updated_at = now()
     FROM outcome o
     WHERE d.id = o.delivery_id
+      -- Spelled out so the planner finds rows by primary key, never by
+      -- scanning the table.
+      AND d.id = ANY ($2::bigint[])
       AND d.attempts = o.attempt
       AND d.lease_owner = $1
       AND d.status = 'in_flight'

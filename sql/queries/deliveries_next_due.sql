@@ -1,6 +1,13 @@
 -- Seconds until the earliest open delivery of an enabled endpoint becomes
 -- due (negative when one is overdue), on the database's clock; NULL when
--- nothing is open. One index probe per endpoint.
+-- nothing is open. One index probe per endpoint. The sidecar asks this
+-- when it goes idle, so in notify mode ($2) it also records that it now
+-- waits for producers' NOTIFY (outbox.waiting, worker $1).
+WITH idle AS (
+    INSERT INTO outbox.waiting (worker_id)
+    SELECT $1::text WHERE $2::boolean
+    ON CONFLICT (worker_id) DO UPDATE SET since = now()
+)
 SELECT extract(epoch FROM min(n.next_attempt_at) - now())::float8 AS due_in_secs
 FROM outbox.endpoints e
 CROSS JOIN LATERAL (

@@ -6,6 +6,7 @@
 
 pub mod adopt;
 pub mod endpoint;
+pub mod keygen;
 pub mod replay;
 pub mod status;
 pub mod table;

@@ -30,7 +30,7 @@ pub enum DbError {
         source: tokio_postgres::Error,
     },
     /// Connecting, or a statement, failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", server_message(source))]
     Postgres {
         /// What outboxd was doing.
         context: &'static str,
@@ -38,6 +38,16 @@ pub enum DbError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// The driver's text plus, for a server error, its SQLSTATE and message
+/// (`db error` alone hides e.g. a missing grant). Never the DETAIL: for a
+/// constraint violation it holds the failing row, secrets included.
+fn server_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{error}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 impl DbError {

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_postgres::{Client, Statement};
 
 use super::{Db, DbError};
-use crate::delivery::{Job, Outcome, Verdict};
+use crate::delivery::{EndpointTls, Job, Outcome, Verdict};
 
 const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
 const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
 const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
 const NEXT_DUE: &str = include_str!("../../sql/queries/deliveries_next_due.sql");
+const LEAVE_WAITING: &str = include_str!("../../sql/queries/waiting_leave.sql");
 const LOCK_KEYS: &str = include_str!("../../sql/queries/ordering_keys_lock.sql");
 
 /// A connection with the sidecar's statements prepared on it.
@@ -88,6 +89,11 @@ impl Queries {
                 age_at_claim: Duration::try_from_secs_f64(row.get::<_, f64>("age_secs"))
                     .unwrap_or_default(),
                 claimed_at,
+                tls: EndpointTls {
+                    ca_pem: row.get("ca_pem"),
+                    client_cert_pem: row.get("client_cert_pem"),
+                    client_key_pem: row.get("client_key_pem"),
+                },
             })
             .collect())
     }
@@ -199,6 +205,15 @@ impl Queries {
         Ok(rows.len())
     }
 
+    /// `owner` stops waiting for NOTIFY (it is shutting down).
+    pub async fn leave_waiting(&self, owner: &str) -> Result<(), DbError> {
+        self.client
+            .execute(LEAVE_WAITING, &[&owner])
+            .await
+            .map_err(DbError::during("leaving outbox.waiting"))?;
+        Ok(())
+    }
+
     /// Hands claims back uncounted; returns how many were still ours.
     pub async fn release(&self, owner: &str, claims: &[(i64, i32)]) -> Result<usize, DbError> {
         let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
@@ -211,11 +226,12 @@ impl Queries {
     }
 
     /// How long until the earliest open delivery is due (zero if overdue),
-    /// or `None` when nothing is open.
-    pub async fn next_due(&self) -> Result<Option<Duration>, DbError> {
+    /// or `None` when nothing is open. With `waiting`, also records that
+    /// `owner` now waits for producers' NOTIFY (see `outbox.waiting`).
+    pub async fn next_due(&self, owner: &str, waiting: bool) -> Result<Option<Duration>, DbError> {
         let row = self
             .client
-            .query_one(&self.next_due, &[])
+            .query_one(&self.next_due, &[&owner, &waiting])
             .await
             .map_err(DbError::during("looking up the next due delivery"))?;
         // Waiting keyed deliveries are due at 'infinity': +inf seconds,

@@ -3,19 +3,27 @@
 //! [`Outcome`] for the writer.
 //!
 //! - [`request`] builds the signed request and performs it;
-//! - [`outcome`] turns what happened into the delivery's next state.
+//! - [`outcome`] turns what happened into the delivery's next state;
+//! - [`egress`] decides which addresses may be connected to (SSRF guard);
+//! - [`client`] builds the HTTP clients (shared, or per endpoint for custom
+//!   TLS).
 
+pub mod client;
+pub mod egress;
 pub mod outcome;
 pub mod request;
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 pub use outcome::{AttemptRecord, Exchange, Outcome, Verdict};
 pub use request::Deliverer;
 
 /// A claimed delivery: everything needed to attempt it, read in the claim
-/// statement so no further query runs before the HTTP call.
-#[derive(Debug, Clone)]
+/// statement so no further query runs before the HTTP call. `Debug` hides
+/// the secrets, the extra headers (they may hold credentials) and the TLS
+/// key.
+#[derive(Clone)]
 pub struct Job {
     /// `deliveries.id`.
     pub delivery_id: i64,
@@ -48,4 +56,54 @@ pub struct Job {
     pub age_at_claim: Duration,
     /// When the claim was read, on the local monotonic clock.
     pub claimed_at: Instant,
+    /// Endpoint's own TLS settings.
+    pub tls: EndpointTls,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("delivery_id", &self.delivery_id)
+            .field("attempt", &self.attempt)
+            .field("endpoint_id", &self.endpoint_id)
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("payload_bytes", &self.payload.len())
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .field("timeout", &self.timeout)
+            .field("headers", &format_args!("<redacted>"))
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An endpoint's TLS settings (`outbox.endpoints.ca_pem`, ...). All `None`:
+/// the system roots and no client certificate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EndpointTls {
+    /// CA certificates (PEM) that alone are trusted for this endpoint.
+    pub ca_pem: Option<String>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    pub client_cert_pem: Option<String>,
+    /// Its private key (PEM). A secret.
+    pub client_key_pem: Option<String>,
+}
+
+impl EndpointTls {
+    /// Whether the shared client (system roots, no client identity) fits.
+    pub fn is_default(&self) -> bool {
+        self.ca_pem.is_none() && self.client_cert_pem.is_none() && self.client_key_pem.is_none()
+    }
+}
+
+impl fmt::Debug for EndpointTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointTls")
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("client_identity", &self.client_cert_pem.is_some())
+            .finish()
+    }
 }

@@ -1,16 +1,21 @@
-//! The HTTP side of an attempt: one shared `reqwest` client (keep-alive
-//! pool, connect and total timeouts, no redirects), Standard Webhooks
-//! headers, and a response read up to a cap.
+//! The HTTP side of an attempt: pick the endpoint's client (see
+//! [`super::client`]), check the target against the SSRF guard where the
+//! client cannot, send Standard Webhooks headers, and read the response up
+//! to a cap.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 
 use super::Job;
+pub use super::client::ClientError;
+use super::client::Clients;
+use super::egress::{self, EgressPolicy, ResolveError};
 use super::outcome::{self, AttemptRecord, Exchange, Outcome};
 use crate::config::Config;
 use crate::retry::{RetryPolicy, parse_retry_after};
-use crate::signature::{self, Secret};
+use crate::signature::{self, SigningKey};
 
 /// At most this much of a response body is ever read.
 pub const RESPONSE_READ_CAP: usize = 64 * 1024;
@@ -19,34 +24,24 @@ pub const RESPONSE_EXCERPT_CAP: usize = 4 * 1024;
 
 const USER_AGENT_VALUE: &str = concat!("outboxd/", env!("CARGO_PKG_VERSION"));
 
-/// Performs attempts. Cheap to clone: the connection pool is shared.
+/// Performs attempts. Cheap to clone: the connection pools are shared.
 #[derive(Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
+    clients: Arc<Clients>,
+    egress: Arc<EgressPolicy>,
     default_timeout: Duration,
     retry: RetryPolicy,
 }
 
-/// The HTTP client could not be built (TLS setup).
-#[derive(Debug, thiserror::Error)]
-#[error("building the HTTP client: {0}")]
-pub struct ClientError(#[source] reqwest::Error);
-
 impl Deliverer {
-    /// One client for the whole sidecar.
+    /// The clients for the whole sidecar.
     pub fn new(config: &Config) -> Result<Self, ClientError> {
         // reqwest is built without a bundled crypto provider; use ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(config.concurrency)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(ClientError)?;
+        let egress = Arc::new(EgressPolicy::new(config.allow_networks.clone()));
         Ok(Self {
-            client,
+            clients: Arc::new(Clients::new(config, egress.clone())?),
+            egress,
             default_timeout: config.request_timeout,
             retry: config.retry.clone(),
         })
@@ -57,12 +52,10 @@ impl Deliverer {
     pub async fn deliver(&self, job: &Job) -> Outcome {
         let started_at = SystemTime::now();
         let clock = Instant::now();
-        let (exchange, excerpt) = match self.build(job, started_at) {
-            Ok(request) => {
-                self.send(request, job.timeout.unwrap_or(self.default_timeout))
-                    .await
-            }
-            Err(error) => (Exchange::Invalid { error }, None),
+        let timeout = job.timeout.unwrap_or(self.default_timeout);
+        let (exchange, excerpt) = match self.prepare(job, started_at).await {
+            Ok(request) => self.send(request, timeout).await,
+            Err(exchange) => (exchange, None),
         };
         let judgement = outcome::judge(&self.retry, job.schedule_attempt.max(1) as u32, &exchange);
         let status_code = match exchange {
@@ -86,26 +79,70 @@ impl Deliverer {
         }
     }
 
-    fn build(&self, job: &Job, now: SystemTime) -> Result<reqwest::RequestBuilder, String> {
-        let secrets = job
+    /// The signed request, or why it cannot be sent.
+    async fn prepare(
+        &self,
+        job: &Job,
+        now: SystemTime,
+    ) -> Result<reqwest::RequestBuilder, Exchange> {
+        let invalid = |error: String| Exchange::Invalid { error };
+        let url =
+            reqwest::Url::parse(&job.url).map_err(|e| invalid(format!("endpoint url: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "endpoint url: scheme {:?} is not http or https",
+                url.scheme()
+            )));
+        }
+        self.check_target(&url).await?;
+        let client = self
+            .clients
+            .for_endpoint(&job.endpoint_id, &job.tls)
+            .map_err(invalid)?;
+        self.build(client, url, job, now).map_err(invalid)
+    }
+
+    /// The SSRF checks the client cannot make itself: IP literals never
+    /// reach its resolver, and behind a proxy it resolves nothing.
+    async fn check_target(&self, url: &reqwest::Url) -> Result<(), Exchange> {
+        let refused = |refused: egress::Refused| Exchange::Invalid {
+            error: refused.to_string(),
+        };
+        self.egress.check_literal(url).map_err(refused)?;
+        if !self.clients.proxied() {
+            return Ok(());
+        }
+        let Some(host) = url.domain() else {
+            return Ok(());
+        };
+        match self.egress.resolve(host).await {
+            Ok(_) => Ok(()),
+            Err(ResolveError::Refused(r)) => Err(refused(r)),
+            // The proxy may well resolve what we cannot; it decides.
+            Err(ResolveError::Lookup(_) | ResolveError::NoAddress) => Ok(()),
+        }
+    }
+
+    fn build(
+        &self,
+        client: reqwest::Client,
+        url: reqwest::Url,
+        job: &Job,
+        now: SystemTime,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let keys = job
             .secrets
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                Secret::parse(text).map_err(|e| format!("endpoint secret #{}: {e}", i + 1))
+                SigningKey::parse(text).map_err(|e| format!("endpoint secret #{}: {e}", i + 1))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let url = reqwest::Url::parse(&job.url).map_err(|e| format!("endpoint url: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "endpoint url: scheme {:?} is not http or https",
-                url.scheme()
-            ));
-        }
         let timestamp = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let signature = signature::sign(&secrets, &job.event_id, timestamp, job.payload.as_bytes());
+        let signature =
+            signature::sign_with(&keys, &job.event_id, timestamp, job.payload.as_bytes());
 
         let mut headers = extra_headers(&job.headers)?;
         let webhook = [
@@ -120,11 +157,7 @@ impl Deliverer {
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        Ok(self
-            .client
-            .post(url)
-            .headers(headers)
-            .body(job.payload.clone()))
+        Ok(client.post(url).headers(headers).body(job.payload.clone()))
     }
 
     async fn send(
@@ -135,12 +168,15 @@ impl Deliverer {
         let mut response = match request.timeout(timeout).send().await {
             Ok(response) => response,
             Err(error) => {
-                return (
-                    Exchange::Failed {
+                let exchange = match egress::refusal_in(&error) {
+                    Some(refused) => Exchange::Invalid {
+                        error: refused.to_string(),
+                    },
+                    None => Exchange::Failed {
                         error: describe(&error, timeout),
                     },
-                    None,
-                );
+                };
+                return (exchange, None);
             }
         };
         let status = response.status().as_u16();
@@ -208,6 +244,9 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
     if error.is_timeout() {
         return format!("timed out after {}", humantime::format_duration(timeout));
     }
+    if let Some(problem) = tls_problem(error) {
+        return problem;
+    }
     let kind = if error.is_connect() {
         "connection failed"
     } else {
@@ -221,6 +260,41 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A TLS failure in words an operator can act on, if that is what
+/// `error` is. rustls errors travel inside (nested) `io::Error`s, whose
+/// `source()` skips them, so those are unwrapped by hand.
+fn tls_problem(error: &reqwest::Error) -> Option<String> {
+    use rustls::{AlertDescription, Error as Tls};
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(mut level) = current {
+        while let Some(inner) = level
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            level = inner;
+        }
+        if let Some(tls) = level.downcast_ref::<Tls>() {
+            return Some(match tls {
+                Tls::InvalidCertificate(why) => format!(
+                    "TLS: the server's certificate is not trusted ({why:?}); \
+                     for a private CA set the endpoint's ca_pem"
+                ),
+                Tls::AlertReceived(AlertDescription::CertificateRequired) => {
+                    "TLS: the server requires a client certificate \
+                     (set the endpoint's client_cert_pem and client_key_pem)"
+                        .to_owned()
+                }
+                Tls::AlertReceived(alert) => {
+                    format!("TLS: the server refused the handshake (alert {alert:?})")
+                }
+                other => format!("TLS: {other}"),
+            });
+        }
+        current = level.source();
+    }
+    None
 }
 
 #[cfg(test)]

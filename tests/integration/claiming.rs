@@ -114,7 +114,7 @@ async fn claims_skip_disabled_endpoints_until_re_enabled() {
         0
     );
     assert_eq!(
-        q.next_due().await.unwrap(),
+        q.next_due("w", false).await.unwrap(),
         None,
         "nothing claimable is due"
     );

@@ -82,7 +82,7 @@ async fn endpoint_commands_manage_endpoints_without_showing_secrets() {
     let bad_url = outboxd(&db, &["endpoint", "add", "x", "ftp://example.com/"]).await;
     assert!(!bad_url.status.success());
     assert!(
-        stderr(&bad_url).contains("endpoint_url_scheme"),
+        stderr(&bad_url).contains("only http and https are allowed"),
         "{}",
         stderr(&bad_url)
     );

@@ -239,7 +239,7 @@ async fn binary_runs_alone_with_only_the_image_environment() {
     let env = [
         ("DATABASE_URL", db.url.clone()),
         ("OUTBOXD_ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-        // The receiver is on loopback; builds with the SSRF guard need this.
+        // The receiver is on loopback, which the SSRF guard refuses by default.
         ("OUTBOXD_ALLOW_NETWORKS", "127.0.0.0/8".to_owned()),
         ("OUTBOXD_POLL_INTERVAL", "200ms".to_owned()),
     ];

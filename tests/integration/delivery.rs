@@ -377,3 +377,85 @@ async fn notify_delivers_in_milliseconds_not_at_the_next_poll() {
     }
     sidecar.stop().await;
 }
+
+/// Notifications seen on `outboxd_wakeup` until a sentinel, by payload.
+async fn notifications_until_sentinel(
+    db: &TestDb,
+    action: impl std::future::Future<Output = ()>,
+) -> Vec<String> {
+    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN outboxd_wakeup")
+        .await
+        .unwrap();
+    action.await;
+    listener
+        .batch_execute("NOTIFY outboxd_wakeup, 'sentinel'")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let payload = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if payload == "sentinel" {
+            return seen;
+        }
+        seen.push(payload);
+    }
+}
+
+#[tokio::test]
+async fn producers_notify_only_while_a_sidecar_waits() {
+    let db = fresh_db().await;
+    let receiver = ok_receiver(None).await;
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let waiting = || async {
+        db.client
+            .query("SELECT worker_id FROM outbox.waiting", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    // Nobody waits: the insert trigger does not NOTIFY.
+    let seen =
+        notifications_until_sentinel(&db, insert_message(&db.client, "unheard", "t", "{}")).await;
+    assert!(seen.is_empty(), "{seen:?}");
+
+    let mut cfg = config(&db);
+    cfg.worker_id = "idle-one".into();
+    cfg.poll_interval = Duration::from_secs(30);
+    let sidecar = spawn(cfg);
+    assert!(
+        eventually(WAIT, || async { waiting().await == ["idle-one"] }).await,
+        "an idle sidecar waits"
+    );
+    assert!(
+        receiver.wait_until(WAIT, |r| r.len() == 1).await,
+        "it found the earlier row by state"
+    );
+    let seen =
+        notifications_until_sentinel(&db, insert_message(&db.client, "heard", "t", "{}")).await;
+    assert_eq!(seen, [""], "one constant hint");
+    let started = Instant::now();
+    assert!(receiver.wait_until(WAIT, |r| r.len() == 2).await);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    sidecar.stop().await;
+    assert!(
+        waiting().await.is_empty(),
+        "a stopped sidecar no longer waits"
+    );
+}

@@ -14,10 +14,6 @@ use outboxd::config::Config;
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// Fixed by the product contract (design.md) and set by the examples, but
-/// not a flag of this build yet: the SSRF guard brings it.
-const CONTRACT_ONLY_ENV: &[&str] = &["OUTBOXD_ALLOW_NETWORKS"];
-
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -134,7 +130,7 @@ fn run_config(args: &[String], env: &BTreeMap<String, String>) -> Config {
     let mut argv = vec!["outboxd".to_owned()];
     argv.extend(args.iter().cloned());
     for (name, value) in env {
-        if name == "RUST_LOG" || CONTRACT_ONLY_ENV.contains(&name.as_str()) {
+        if name == "RUST_LOG" {
             continue;
         }
         let Some((flag, takes_value)) = known.get(name) else {

@@ -4,6 +4,8 @@
 mod common;
 
 mod adopt;
+mod asymmetric;
+mod bench;
 mod claiming;
 mod cli;
 mod container;
@@ -11,10 +13,17 @@ mod delivery;
 mod demo;
 mod deploy;
 mod docs;
+mod egress;
 mod examples;
+mod fuzzing;
+mod hygiene;
+mod keys_cli;
 mod logical;
 mod migrations;
 mod operations;
 mod ordering;
 mod retries;
+mod roles;
 mod shutdown;
+mod tls;
+mod validation;

@@ -1,0 +1,2 @@
+-- A stopping sidecar no longer waits for NOTIFY.
+DELETE FROM outbox.waiting WHERE worker_id = $1

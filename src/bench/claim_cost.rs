@@ -1,0 +1,87 @@
+//! The claim's cost with no finished rows and with many (default a
+//! million): the partial index on open deliveries should make them equal.
+
+use std::time::{Duration, Instant};
+
+use super::{Bench, percentiles};
+use crate::db::Db;
+use crate::db::queries::Queries;
+
+const CLAIMS: u64 = 40;
+
+/// Median claim time in ms: (empty tables, beside `finished_rows`).
+pub async fn run(bench: &Bench) -> anyhow::Result<(f64, f64)> {
+    bench.reset().await?;
+    let empty = measure(bench).await?;
+    bench.reset().await?;
+    let finished = bench.options.finished_rows as i64;
+    bench.progress(&format!("  writing {finished} finished deliveries"));
+    bench
+        .client
+        .batch_execute(
+            "ALTER TABLE outbox.messages DISABLE TRIGGER messages_fan_out;
+             ALTER TABLE outbox.messages DISABLE TRIGGER messages_notify;",
+        )
+        .await?;
+    bench
+        .client
+        .execute(
+            "INSERT INTO outbox.messages (event_id, event_type, payload, created_at)
+             SELECT 'done-' || g, 't0', '{}', now() - interval '1 hour' FROM generate_series(1, $1::bigint) g",
+            &[&finished],
+        )
+        .await?;
+    bench
+        .client
+        .batch_execute(
+            "ALTER TABLE outbox.messages ENABLE TRIGGER messages_fan_out;
+             ALTER TABLE outbox.messages ENABLE TRIGGER messages_notify;
+             INSERT INTO outbox.deliveries (message_id, endpoint_id, status, attempts, next_attempt_at, delivered_at)
+             SELECT id, 'e0', 'delivered', 1, NULL, now() FROM outbox.messages;",
+        )
+        .await?;
+    // One statement each: VACUUM cannot run in a (multi-statement) transaction.
+    for table in ["outbox.messages", "outbox.deliveries"] {
+        bench
+            .client
+            .batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await?;
+    }
+    let with = measure(bench).await?;
+    bench.progress(&format!(
+        "  claim: {empty:.2} ms empty, {with:.2} ms beside {finished} finished rows"
+    ));
+    bench.reset().await?;
+    let cap = (bench.options.concurrency * bench.options.replicas as usize) as i32;
+    bench
+        .client
+        .execute("UPDATE outbox.endpoints SET max_in_flight = $1", &[&cap])
+        .await?;
+    Ok((empty, with))
+}
+
+/// Median duration of one claim of a full batch (the sidecar's batch size).
+/// The claimed rows stay in flight, so the endpoints' caps are lifted.
+async fn measure(bench: &Bench) -> anyhow::Result<f64> {
+    bench
+        .client
+        .execute("UPDATE outbox.endpoints SET max_in_flight = 1000000", &[])
+        .await?;
+    let batch = bench.options.batch_size as u64;
+    bench.insert_backlog(CLAIMS * batch, "cost-").await?;
+    let queries = Queries::connect(&Db::new(&bench.url)?).await?;
+    // One claim to warm the connection's statement cache.
+    queries
+        .claim("cost", bench.options.batch_size, Duration::from_secs(600))
+        .await?;
+    let mut samples = Vec::new();
+    for _ in 1..CLAIMS {
+        let started = Instant::now();
+        let jobs = queries
+            .claim("cost", bench.options.batch_size, Duration::from_secs(600))
+            .await?;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(!jobs.is_empty(), "the claim found nothing to claim");
+    }
+    Ok(percentiles(&mut samples).0)
+}

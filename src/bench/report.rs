@@ -1,0 +1,268 @@
+//! The benchmark's result: one JSON object (`--json`, keys with units) or a
+//! table for people.
+
+use serde_json::json;
+
+use super::Bench;
+use crate::commands::table;
+
+/// Commit-to-receipt percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// The load actually offered, messages per second.
+    pub offered_per_sec: f64,
+}
+
+/// Single-row inserts per second by 8 producers, per wake-up mode.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProducerRates {
+    /// The NOTIFY trigger off.
+    pub no_trigger: f64,
+    /// The NOTIFY trigger on, a listener connected.
+    pub notify_trigger: f64,
+    /// The trigger off, a logical slot being read.
+    pub logical: f64,
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// CPU cores available.
+    pub cores: usize,
+    /// Memory of the machine.
+    pub memory_bytes: u64,
+    /// `SHOW server_version`.
+    pub postgres_version: String,
+    /// Messages drained.
+    pub messages: u64,
+    /// Sidecar processes.
+    pub replicas: u32,
+    /// Requests in flight per sidecar.
+    pub concurrency: usize,
+    /// Rows per claim.
+    pub batch_size: usize,
+    /// Payload size.
+    pub payload_bytes: usize,
+    /// Endpoints.
+    pub endpoints: u32,
+    /// Endpoints per message.
+    pub fan_out: u32,
+    /// Finished rows beside the second claim measurement.
+    pub finished_rows: u64,
+    /// Sustained drain rate, outcomes written.
+    pub deliveries_per_sec: f64,
+    /// Deliveries checked to have arrived exactly once, verified.
+    pub delivered_exactly_once: u64,
+    /// At half the sustained rate.
+    pub latency_ms: Latency,
+    /// Single messages 20 ms apart.
+    pub latency_low_load_ms: Latency,
+    /// Claim + complete without HTTP.
+    pub ceiling_claim_rows_per_sec: f64,
+    /// Signed POSTs without the database.
+    pub ceiling_http_per_sec: f64,
+    /// `1 / (1/claim + 1/http)`.
+    pub ceiling_combined_per_sec: f64,
+    /// `deliveries_per_sec / ceiling_combined_per_sec`.
+    pub efficiency: f64,
+    /// Producer insert rates.
+    pub producer_inserts_per_sec: ProducerRates,
+    /// Median claim time with empty tables.
+    pub claim_ms_empty: f64,
+    /// Median claim time beside `finished_rows` finished rows.
+    pub claim_ms_with_finished: f64,
+    /// Largest peak RSS of a sidecar while draining.
+    pub peak_rss_bytes: u64,
+    /// Sidecar CPU time per 1,000 deliveries while draining.
+    pub cpu_ms_per_1k_deliveries: f64,
+}
+
+impl Report {
+    /// A report with the machine and the options filled in.
+    pub async fn new(bench: &Bench) -> anyhow::Result<Self> {
+        let version: String = bench
+            .client
+            .query_one("SHOW server_version", &[])
+            .await?
+            .get(0);
+        let o = &bench.options;
+        Ok(Self {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_bytes: memory_bytes(),
+            postgres_version: version,
+            messages: o.messages,
+            replicas: o.replicas,
+            concurrency: o.concurrency,
+            batch_size: o.batch_size,
+            payload_bytes: o.payload_bytes,
+            endpoints: o.endpoints,
+            fan_out: o.fan_out,
+            finished_rows: o.finished_rows,
+            ..Self::default()
+        })
+    }
+
+    /// Derives the combined ceiling and the efficiency.
+    pub fn finish(&mut self) {
+        let (claim, http) = (self.ceiling_claim_rows_per_sec, self.ceiling_http_per_sec);
+        if claim > 0.0 && http > 0.0 {
+            self.ceiling_combined_per_sec = 1.0 / (1.0 / claim + 1.0 / http);
+            self.efficiency = self.deliveries_per_sec / self.ceiling_combined_per_sec;
+        }
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let latency = |l: &Latency| json!({"p50": l.p50, "p95": l.p95, "p99": l.p99, "offered_per_sec": l.offered_per_sec});
+        json!({
+            "deliveries_per_sec": self.deliveries_per_sec,
+            "delivered_exactly_once": self.delivered_exactly_once,
+            "latency_ms": latency(&self.latency_ms),
+            "latency_low_load_ms": latency(&self.latency_low_load_ms),
+            "ceiling_claim_rows_per_sec": self.ceiling_claim_rows_per_sec,
+            "ceiling_http_per_sec": self.ceiling_http_per_sec,
+            "ceiling_combined_per_sec": self.ceiling_combined_per_sec,
+            "efficiency": self.efficiency,
+            "producer_inserts_per_sec": {
+                "no_trigger": self.producer_inserts_per_sec.no_trigger,
+                "notify_trigger": self.producer_inserts_per_sec.notify_trigger,
+                "logical": self.producer_inserts_per_sec.logical,
+            },
+            "claim_ms_empty": self.claim_ms_empty,
+            "claim_ms_with_1m_finished": self.claim_ms_with_finished,
+            "finished_rows": self.finished_rows,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "cpu_ms_per_1k_deliveries": self.cpu_ms_per_1k_deliveries,
+            "options": {
+                "messages": self.messages, "replicas": self.replicas, "concurrency": self.concurrency,
+                "batch_size": self.batch_size, "payload_bytes": self.payload_bytes,
+                "endpoints": self.endpoints, "fan_out": self.fan_out,
+            },
+            "machine": {
+                "cores": self.cores,
+                "memory_bytes": self.memory_bytes,
+                "postgres_version": self.postgres_version,
+            },
+        })
+    }
+
+    /// The report as a table.
+    pub fn render(&self) -> String {
+        let lat = |l: &Latency| {
+            format!(
+                "p50 {:.2} / p95 {:.2} / p99 {:.2} ms at {:.0}/s",
+                l.p50, l.p95, l.p99, l.offered_per_sec
+            )
+        };
+        let p = &self.producer_inserts_per_sec;
+        let ratio = |x: f64| {
+            if p.no_trigger > 0.0 {
+                x / p.no_trigger
+            } else {
+                0.0
+            }
+        };
+        let rows = vec![
+            (
+                "deliveries/s (drain)",
+                format!(
+                    "{:.0}  ({} deliveries, each once, verified)",
+                    self.deliveries_per_sec, self.delivered_exactly_once
+                ),
+            ),
+            (
+                "ceiling: claim+complete rows/s",
+                format!("{:.0}", self.ceiling_claim_rows_per_sec),
+            ),
+            (
+                "ceiling: signed HTTP requests/s",
+                format!("{:.0}", self.ceiling_http_per_sec),
+            ),
+            (
+                "ceiling: both sharing the CPU",
+                format!("{:.0}", self.ceiling_combined_per_sec),
+            ),
+            ("efficiency", format!("{:.2}", self.efficiency)),
+            ("latency, low load", lat(&self.latency_low_load_ms)),
+            ("latency, half the drain rate", lat(&self.latency_ms)),
+            (
+                "producers, no wake-up trigger",
+                format!("{:.0} inserts/s", p.no_trigger),
+            ),
+            (
+                "producers, NOTIFY trigger",
+                format!(
+                    "{:.0} inserts/s ({:.2}x)",
+                    p.notify_trigger,
+                    ratio(p.notify_trigger)
+                ),
+            ),
+            (
+                "producers, logical wake-up",
+                format!("{:.0} inserts/s ({:.2}x)", p.logical, ratio(p.logical)),
+            ),
+            (
+                "claim, empty tables",
+                format!("{:.2} ms", self.claim_ms_empty),
+            ),
+            (
+                "claim, beside finished rows",
+                format!(
+                    "{:.2} ms ({} rows)",
+                    self.claim_ms_with_finished, self.finished_rows
+                ),
+            ),
+            (
+                "sidecar peak RSS",
+                format!("{:.1} MiB", self.peak_rss_bytes as f64 / 1048576.0),
+            ),
+            (
+                "sidecar CPU per 1,000 deliveries",
+                format!("{:.1} ms", self.cpu_ms_per_1k_deliveries),
+            ),
+            (
+                "machine",
+                format!(
+                    "{} cores, {:.1} GiB, PostgreSQL {}",
+                    self.cores,
+                    self.memory_bytes as f64 / 1073741824.0,
+                    self.postgres_version
+                ),
+            ),
+            (
+                "run",
+                format!(
+                    "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), fan-out {}",
+                    self.messages,
+                    self.replicas,
+                    self.concurrency,
+                    self.batch_size,
+                    self.payload_bytes,
+                    self.endpoints,
+                    self.fan_out
+                ),
+            ),
+        ];
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|(k, v)| vec![k.to_owned(), v])
+            .collect();
+        table::render(&["measure", "result"], &rows)
+    }
+}
+
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}

@@ -1,0 +1,65 @@
+//! `outboxd bench` at a tiny size, so it keeps working: every phase runs
+//! and every delivery arrives exactly once, verified. Speed is not
+//! asserted here (that is what the benchmark itself reports).
+
+use std::path::PathBuf;
+
+use outboxd::bench::{self, Options};
+
+#[tokio::test]
+async fn a_tiny_benchmark_delivers_everything_exactly_once() {
+    let options = Options {
+        messages: 300,
+        replicas: 2,
+        concurrency: 8,
+        batch_size: 20,
+        payload_bytes: 128,
+        endpoints: 2,
+        fan_out: 2,
+        finished_rows: 2_000,
+        phase_secs: 0.5,
+        database_url: None,
+        sidecar_bin: PathBuf::from(env!("CARGO_BIN_EXE_outboxd")),
+    };
+    let report = bench::run(options).await.expect("the benchmark runs");
+    assert_eq!(
+        report.delivered_exactly_once, 600,
+        "300 messages to 2 endpoints"
+    );
+    let json = report.to_json();
+    for key in [
+        "deliveries_per_sec",
+        "ceiling_claim_rows_per_sec",
+        "ceiling_http_per_sec",
+        "ceiling_combined_per_sec",
+        "efficiency",
+        "claim_ms_empty",
+        "claim_ms_with_1m_finished",
+        "peak_rss_bytes",
+        "cpu_ms_per_1k_deliveries",
+    ] {
+        assert!(
+            json[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {}",
+            json[key]
+        );
+    }
+    for mode in ["no_trigger", "notify_trigger", "logical"] {
+        assert!(
+            json["producer_inserts_per_sec"][mode].as_f64().unwrap() > 0.0,
+            "{mode}"
+        );
+    }
+    for latency in ["latency_ms", "latency_low_load_ms"] {
+        let l = &json[latency];
+        assert!(
+            l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap(),
+            "{latency}: {l}"
+        );
+    }
+    assert_eq!(
+        json["machine"]["cores"].as_u64().unwrap() as usize,
+        std::thread::available_parallelism().unwrap().get()
+    );
+    assert!(report.render().contains("deliveries/s (drain)"));
+}
