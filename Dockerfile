@@ -14,7 +14,7 @@
 ARG RUST_VERSION=1
 
 # --- build: the same Debian release as the runtime, so the glibc matches;
-# debug info stripped (symbols kept for backtraces): about 11 MB ---
+# debug info stripped (symbols kept for backtraces): about 12 MB ---
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
