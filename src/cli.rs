@@ -21,7 +21,7 @@ use crate::retry::{self, RetryPolicy};
 /// outboxd delivers each row as a signed Standard Webhook, retries, and
 /// writes every outcome back for SQL queries.
 #[derive(Debug, Parser)]
-#[command(name = "outboxd", version, propagate_version = true)]
+#[command(name = "outboxd", version, propagate_version = true, after_help = GETTING_STARTED)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -30,6 +30,21 @@ pub struct Cli {
     #[arg(long, env = "OUTBOXD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 }
+
+const GETTING_STARTED: &str = "\
+Getting started:
+  outboxd demo                   see it work: a throwaway PostgreSQL and receiver, no setup
+  outboxd migrate                create schema \"outbox\" in $DATABASE_URL
+  outboxd endpoint add ID URL    register a receiver; prints its signing secret
+  outboxd run                    deliver; /metrics, /healthz and /readyz on 127.0.0.1:9090
+
+Every option also reads the environment variable that `outboxd COMMAND --help` shows.";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  DATABASE_URL=postgres://outboxd@db/shop outboxd run --migrate
+  OUTBOXD_ADMIN_ADDR=0.0.0.0:9090 outboxd run --log-format json    # in a container
+  outboxd run --print-config                                       # what would run";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,7 +59,14 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar: claim due deliveries, sign and POST them, record outcomes.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Ask a running sidecar's admin server whether it is healthy; exit 0 if so, 1 if not.
+    ///
+    /// For container health checks where there is no shell or curl (the
+    /// distroless image): `HEALTHCHECK CMD ["outboxd", "healthcheck"]`.
+    #[command(display_order = 100)]
+    Healthcheck(HealthcheckArgs),
     /// Create or upgrade the outbox schema (safe to repeat, safe to run concurrently).
     Migrate(DatabaseArgs),
     /// Backlog, oldest pending, dead and health per endpoint.
@@ -212,78 +234,83 @@ pub struct DatabaseArgs {
 /// Settings of `outboxd run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Database")]
     database: DatabaseArgs,
     /// Apply pending migrations before starting.
-    #[arg(long, env = "OUTBOXD_MIGRATE")]
+    #[arg(long, help_heading = "Database", env = "OUTBOXD_MIGRATE")]
     pub migrate: bool,
     /// How new rows are noticed: notify (LISTEN), logical (replication slot) or poll (state poll only).
-    #[arg(long, env = "OUTBOXD_WAKEUP", value_enum, default_value_t = Wakeup::Notify)]
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_WAKEUP", value_enum, default_value_t = Wakeup::Notify)]
     wakeup: Wakeup,
     /// Safety-net state poll (scheduled retries, deliver_after, missed wake-ups).
-    #[arg(long, env = "OUTBOXD_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_POLL_INTERVAL", default_value = defaults::POLL_INTERVAL, value_parser = humantime::parse_duration)]
     poll_interval: Duration,
     /// How often logical wake-up reads its replication slot.
-    #[arg(long, env = "OUTBOXD_LOGICAL_INTERVAL", default_value = defaults::LOGICAL_INTERVAL, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_LOGICAL_INTERVAL", default_value = defaults::LOGICAL_INTERVAL, value_parser = humantime::parse_duration)]
     logical_interval: Duration,
-    /// How long a claim is held; a crashed replica's rows are re-claimed after it.
-    #[arg(long, env = "OUTBOXD_LEASE", default_value = defaults::LEASE, value_parser = humantime::parse_duration)]
+    /// How long a claim is held (a crashed replica's rows are re-claimed after it); must exceed
+    /// --request-timeout by 5 s.
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_LEASE", default_value = defaults::LEASE, value_parser = humantime::parse_duration)]
     lease: Duration,
-    /// Default whole-request timeout (an endpoint's timeout_ms overrides it).
-    #[arg(long, env = "OUTBOXD_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
+    /// Default whole-request timeout, response body included (an endpoint's timeout_ms overrides it).
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
     request_timeout: Duration,
     /// TCP and TLS connect timeout.
-    #[arg(long, env = "OUTBOXD_CONNECT_TIMEOUT", default_value = defaults::CONNECT_TIMEOUT, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_CONNECT_TIMEOUT", default_value = defaults::CONNECT_TIMEOUT, value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
     /// Delay before each attempt, comma-separated; its length is the maximum number of attempts.
-    #[arg(long, env = "OUTBOXD_RETRY_SCHEDULE", default_value = retry::DEFAULT_SCHEDULE)]
+    #[arg(long, help_heading = "Retries and failing endpoints", env = "OUTBOXD_RETRY_SCHEDULE", default_value = retry::DEFAULT_SCHEDULE)]
     retry_schedule: String,
-    /// Longest delay a receiver's Retry-After may impose.
-    #[arg(long, env = "OUTBOXD_MAX_RETRY_AFTER", default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Longest delay a receiver's Retry-After (on 429 and 503) may impose.
+    #[arg(long, help_heading = "Retries and failing endpoints", env = "OUTBOXD_MAX_RETRY_AFTER", default_value = "1h", value_parser = humantime::parse_duration)]
     max_retry_after: Duration,
     /// Most rows claimed by one statement.
-    #[arg(long, env = "OUTBOXD_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE)]
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE)]
     batch_size: usize,
-    /// Most HTTP requests in flight at once.
-    #[arg(long, env = "OUTBOXD_CONCURRENCY", default_value_t = defaults::CONCURRENCY)]
+    /// Most HTTP requests in flight at once in this process.
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_CONCURRENCY", default_value_t = defaults::CONCURRENCY)]
     concurrency: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may finish before they are released.
-    #[arg(long, env = "OUTBOXD_SHUTDOWN_GRACE", default_value = defaults::SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Shutdown and admin server", env = "OUTBOXD_SHUTDOWN_GRACE", default_value = defaults::SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
     /// Lease owner name (default: hostname-pid-random); must be unique per running process.
-    #[arg(long, env = "OUTBOXD_WORKER_ID")]
+    #[arg(long, help_heading = "Delivery", env = "OUTBOXD_WORKER_ID")]
     worker_id: Option<String>,
     /// Disable an endpoint whose every attempt has failed for this long (its deliveries stay pending).
-    #[arg(long, env = "OUTBOXD_DISABLE_AFTER", default_value = defaults::DISABLE_AFTER, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Retries and failing endpoints", env = "OUTBOXD_DISABLE_AFTER", default_value = defaults::DISABLE_AFTER, value_parser = humantime::parse_duration)]
     disable_after: Duration,
     /// Address of the admin server (/metrics, /healthz, /readyz); 0.0.0.0:9090 for Kubernetes probes.
-    #[arg(long, env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    #[arg(long, help_heading = "Shutdown and admin server", env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
     admin_addr: SocketAddr,
     /// Do not start the admin server.
-    #[arg(long, env = "OUTBOXD_NO_ADMIN")]
+    #[arg(
+        long,
+        help_heading = "Shutdown and admin server",
+        env = "OUTBOXD_NO_ADMIN"
+    )]
     no_admin: bool,
     /// Keep delivered and cancelled deliveries (and their attempts) this long.
-    #[arg(long, env = "OUTBOXD_RETENTION", default_value = defaults::RETENTION, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Retention", env = "OUTBOXD_RETENTION", default_value = defaults::RETENTION, value_parser = humantime::parse_duration)]
     retention: Duration,
     /// Keep dead deliveries and operational events this long (they wait for replay or cancel).
-    #[arg(long, env = "OUTBOXD_DEAD_RETENTION", default_value = defaults::DEAD_RETENTION, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Retention", env = "OUTBOXD_DEAD_RETENTION", default_value = defaults::DEAD_RETENTION, value_parser = humantime::parse_duration)]
     dead_retention: Duration,
     /// Time between retention purge rounds (one replica purges at a time).
-    #[arg(long, env = "OUTBOXD_PURGE_INTERVAL", default_value = defaults::PURGE_INTERVAL, value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Retention", env = "OUTBOXD_PURGE_INTERVAL", default_value = defaults::PURGE_INTERVAL, value_parser = humantime::parse_duration)]
     purge_interval: Duration,
     /// Never delete anything (no retention purge).
-    #[arg(long, env = "OUTBOXD_NO_PURGE")]
+    #[arg(long, help_heading = "Retention", env = "OUTBOXD_NO_PURGE")]
     no_purge: bool,
     /// Print the effective configuration (secrets masked) and exit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Shutdown and admin server")]
     pub print_config: bool,
     /// Let endpoints reach this otherwise refused range (loopback, private, link-local, ...),
     /// e.g. 10.20.0.0/16 or 127.0.0.1; repeatable, comma-separated in the env var.
-    #[arg(long = "allow-network", env = "OUTBOXD_ALLOW_NETWORKS", value_delimiter = ',', value_parser = crate::delivery::egress::parse_network)]
+    #[arg(long = "allow-network", help_heading = "Egress", env = "OUTBOXD_ALLOW_NETWORKS", value_delimiter = ',', value_parser = crate::delivery::egress::parse_network)]
     allow_networks: Vec<ipnet::IpNet>,
     /// Send every webhook through this HTTP proxy, e.g. `http://egress.internal:3128` (static
     /// egress IPs). HTTP_PROXY/HTTPS_PROXY are ignored; targets are still checked.
-    #[arg(long, env = "OUTBOXD_EGRESS_PROXY", hide_env_values = true, value_parser = crate::delivery::egress::EgressProxy::parse)]
+    #[arg(long, help_heading = "Egress", env = "OUTBOXD_EGRESS_PROXY", hide_env_values = true, value_parser = crate::delivery::egress::EgressProxy::parse)]
     egress_proxy: Option<crate::delivery::egress::EgressProxy>,
     /// Longest wait between attempts to reach the database (backoff from 100 ms, doubling).
     #[arg(long, env = "OUTBOXD_RECONNECT_MAX", default_value = defaults::RECONNECT_MAX, value_parser = humantime::parse_duration)]
@@ -324,6 +351,20 @@ impl RunArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Settings of `outboxd healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The sidecar's --admin-addr; 0.0.0.0 (as in containers) is asked on 127.0.0.1.
+    #[arg(long, env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    admin_addr: SocketAddr,
+    /// What to ask: /healthz (the process is alive) or /readyz (it can deliver now).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+    /// Report unhealthy when there is no answer within this time.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 /// Settings of `outboxd demo`.
@@ -385,6 +426,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             crate::sidecar::run(config, args.migrate, shutdown).await?;
             Ok(())
         }
+        Command::Healthcheck(args) => healthcheck(&args).await,
         Command::Migrate(args) => {
             let db = Db::new(&DatabaseUrl::new(args.database_url))?;
             let mut client = db.connect().await?;
@@ -427,6 +469,48 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             commands::adopt::unadopt(&client, &args.table).await
         }
     }
+}
+
+/// One `GET` over a plain TCP connection: the admin server speaks
+/// HTTP/1.1 on loopback, so no HTTP client (or TLS) is needed.
+async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if !args.path.starts_with('/') {
+        bail!("--path must start with /, e.g. /healthz");
+    }
+    let mut addr = args.admin_addr;
+    if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        addr.set_ip(loopback);
+    }
+    let url = format!("http://{addr}{}", args.path);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n",
+            args.path
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(4096).read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(args.timeout, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("unhealthy: {url} did not answer within {:?}", args.timeout))?
+        .with_context(|| format!("unhealthy: cannot ask {url} (is `outboxd run` up?)"))?;
+    let status = response.split(' ').nth(1).unwrap_or("no status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b.trim());
+    if !status.starts_with('2') {
+        bail!("unhealthy: {url} answered {status}: {body}");
+    }
+    println!("healthy: {url} answered {status}");
+    Ok(())
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {

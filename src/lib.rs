@@ -7,6 +7,11 @@
 //! [`sidecar::run`]) and the signing code that Rust receivers can reuse
 //! ([`signature`]).
 //!
+//! Runnable examples live in the repository's `examples/`: `app.rs` (an
+//! application writing a business row and its event in one transaction),
+//! `receiver.rs` (a hyper receiver verifying with [`signature::Verifier`]
+//! and deduplicating by `webhook-id`) and `sql/` (the same from psql).
+//!
 //! # Layout
 //! - [`cli`]: command-line definitions and the glue to the library;
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;

@@ -25,7 +25,7 @@ async fn sigterm_under_load_exits_zero_in_the_grace_period_writing_or_releasing_
         let stalling = stalling.clone();
         move |r| {
             let n: u64 = r.webhook_id.rsplit('-').next().unwrap().parse().unwrap();
-            if n % 50 == 0 && stalling.load(Ordering::SeqCst) {
+            if n.is_multiple_of(50) && stalling.load(Ordering::SeqCst) {
                 Reply::ok().delay(Duration::from_secs(60))
             } else {
                 Reply::ok().delay(Duration::from_millis(100))

@@ -1,0 +1,10 @@
+-- The business table of the examples: examples/app.rs, publish_order.sql
+-- and docs/clients.md write an order and its event in one transaction.
+--
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f examples/sql/orders.sql
+CREATE TABLE IF NOT EXISTS orders (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer    text   NOT NULL,
+    total_cents bigint NOT NULL CHECK (total_cents > 0),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,512 @@
+//! The deployment examples under `deploy/` parse, and say only true
+//! things about outboxd: the settings their containers pass are outboxd's
+//! own and pass its validation, probes hit the real paths on the real
+//! port, files they mount exist, and every metric the Grafana dashboard
+//! queries is exported, with the labels it uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::CommandFactory as _;
+use outboxd::cli::{Cli, Command};
+use outboxd::config::Config;
+use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+fn yaml_to_json(yaml: &Yaml) -> Value {
+    match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(text) => Value::from(text.parse::<f64>().unwrap()),
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        other => panic!("unsupported YAML key {other:?}"),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Yaml::Alias(_) | Yaml::BadValue => panic!("unsupported YAML value {yaml:?}"),
+    }
+}
+
+/// Every document of a YAML file, as JSON values.
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    YamlLoader::load_from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .iter()
+        .map(yaml_to_json)
+        .collect()
+}
+
+fn deploy_file(path: &str) -> PathBuf {
+    repo().join("deploy").join(path)
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("expected a scalar, got {other}"),
+    }
+}
+
+#[test]
+fn every_yaml_and_json_file_under_deploy_parses() {
+    let mut files = Vec::new();
+    files_under(&repo().join("deploy"), &mut files);
+    let mut parsed = 0;
+    for file in &files {
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => {
+                assert!(!yaml_documents(file).is_empty(), "{}", file.display());
+                parsed += 1;
+            }
+            Some("json") => {
+                serde_json::from_str::<Value>(&read(file))
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                parsed += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(parsed >= 6, "only {parsed} files parsed");
+}
+
+/// Every environment variable outboxd reads through clap, with the long
+/// flag it stands for and whether that flag takes a value.
+fn outboxd_env() -> BTreeMap<String, (String, bool)> {
+    fn walk(command: &clap::Command, out: &mut BTreeMap<String, (String, bool)>) {
+        for arg in command.get_arguments() {
+            if let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) {
+                let takes_value = arg.get_action().takes_values();
+                out.insert(
+                    env.to_string_lossy().into_owned(),
+                    (format!("--{long}"), takes_value),
+                );
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&Cli::command(), &mut out);
+    out
+}
+
+/// `outboxd ARGS` with `env` applied as the flags they stand for, parsed
+/// and validated as `outboxd run` would.
+fn run_config(args: &[String], env: &BTreeMap<String, String>) -> Config {
+    let known = outboxd_env();
+    let mut argv = vec!["outboxd".to_owned()];
+    argv.extend(args.iter().cloned());
+    for (name, value) in env {
+        if name == "RUST_LOG" {
+            continue;
+        }
+        let Some((flag, takes_value)) = known.get(name) else {
+            panic!("{name} is not an outboxd environment variable");
+        };
+        if *takes_value {
+            argv.push(format!("{flag}={value}"));
+        } else if value == "true" {
+            argv.push(flag.clone());
+        }
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("outboxd does not accept {argv:?}: {e}"));
+    let Command::Run(run) = cli.command else {
+        panic!("{argv:?} is not `outboxd run`");
+    };
+    run.config()
+        .unwrap_or_else(|e| panic!("{argv:?} is refused: {e:#}"))
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("expected a list, got {value}"))
+        .iter()
+        .map(text)
+        .collect()
+}
+
+/// The image's `HEALTHCHECK CMD`, from the Dockerfile.
+fn image_healthcheck() -> Vec<String> {
+    let dockerfile = read(&repo().join("Dockerfile"));
+    let after = dockerfile.split("HEALTHCHECK").nth(1).unwrap();
+    let cmd = after.split("CMD ").nth(1).unwrap().lines().next().unwrap();
+    serde_json::from_str(cmd).unwrap()
+}
+
+#[test]
+fn kubernetes_sidecar_probes_and_configures_outboxd_correctly() {
+    let docs = yaml_documents(&deploy_file("kubernetes/outboxd-sidecar.yaml"));
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"];
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let spec = &pod["spec"];
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        spec["securityContext"]["runAsUser"], 65532,
+        "the image's user"
+    );
+    let containers = spec["containers"].as_array().unwrap();
+    assert!(containers.len() >= 2, "the application and its sidecar");
+    let outboxd = containers
+        .iter()
+        .find(|c| c["name"] == "outboxd")
+        .expect("an outboxd container");
+
+    let mut env = BTreeMap::new();
+    for var in outboxd["env"].as_array().unwrap() {
+        let name = text(&var["name"]);
+        let value = match (&var["value"], &var["valueFrom"]) {
+            (Value::Null, Value::Null) => panic!("{name} has no value"),
+            (Value::Null, from) if from.get("secretKeyRef").is_some() => {
+                "postgres://outboxd@db.internal/shop".to_owned()
+            }
+            (Value::Null, from) if from.get("fieldRef").is_some() => "shop-6d4cf-x2x9z".to_owned(),
+            (value, _) => text(value),
+        };
+        env.insert(name, value);
+    }
+    let from_secret = outboxd["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "DATABASE_URL")
+        .expect("DATABASE_URL is set");
+    assert!(
+        from_secret["valueFrom"]["secretKeyRef"]["name"].is_string(),
+        "DATABASE_URL comes from a Secret"
+    );
+    let config = run_config(&strings(&outboxd["args"]), &env);
+    let admin = config.admin_addr.expect("the admin server runs");
+    assert!(
+        admin.ip().is_unspecified(),
+        "probes come from outside: {admin}"
+    );
+    assert_eq!(annotations["prometheus.io/port"], admin.port().to_string());
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        Duration::from_secs(grace) > config.shutdown_grace,
+        "Kubernetes must wait longer than outboxd's shutdown grace"
+    );
+
+    let port_named = |name: &Value| {
+        outboxd["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| &p["name"] == name || &p["containerPort"] == name)
+            .unwrap_or_else(|| panic!("no container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &outboxd[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(
+            port_named(&get["port"]),
+            u64::from(admin.port()),
+            "{probe} port"
+        );
+    }
+}
+
+#[test]
+fn compose_wires_postgres_outboxd_and_the_example_receiver() {
+    let compose = yaml_documents(&deploy_file("docker-compose.yml")).remove(0);
+    let services = compose["services"].as_object().unwrap();
+    let dockerfile = read(&repo().join("Dockerfile"));
+    for (name, service) in services {
+        if let Some(build) = service.get("build") {
+            assert_eq!(build["context"], "..", "{name} builds the repository");
+            if let Some(target) = build.get("target") {
+                assert!(
+                    dockerfile.contains(&format!(" AS {}\n", text(target))),
+                    "{name}: no Dockerfile stage {target}"
+                );
+            }
+        }
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let source = text(volume).split(':').next().unwrap().to_owned();
+            assert!(
+                repo().join("deploy").join(&source).exists(),
+                "{name} mounts {source}, which does not exist"
+            );
+        }
+    }
+
+    let outboxd = &services["outboxd"];
+    let env: BTreeMap<String, String> = outboxd["environment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), text(v)))
+        .collect();
+    let config = run_config(&strings(&outboxd["command"]), &env);
+    assert!(
+        strings(&outboxd["command"]).contains(&"--migrate".to_owned()),
+        "creates the schema"
+    );
+    let db_host = env["DATABASE_URL"]
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split([':', '/']).next())
+        .unwrap();
+    assert!(
+        services.contains_key(db_host),
+        "DATABASE_URL names a service"
+    );
+    assert_eq!(config.admin_addr.unwrap().port(), 9090);
+    let mut healthcheck = strings(&outboxd["healthcheck"]["test"]);
+    assert_eq!(healthcheck.remove(0), "CMD");
+    assert_eq!(healthcheck, image_healthcheck());
+    let networks = compose["networks"]["outbox"]["ipam"]["config"][0]["subnet"].clone();
+    assert_eq!(
+        env["OUTBOXD_ALLOW_NETWORKS"],
+        text(&networks),
+        "outboxd may reach exactly the compose network"
+    );
+
+    // The setup job registers the receiver's URL with the receiver's secret.
+    let receiver = &services["receiver"];
+    let setup = strings(&services["setup"]["command"]);
+    let var = |name: &str| {
+        setup
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("setup sets no {name}"))
+            .to_owned()
+    };
+    let listen_port = text(&receiver["environment"]["LISTEN_ADDR"])
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(var("url"), format!("http://receiver:{listen_port}/webhook"));
+    let secret = text(&receiver["environment"]["WEBHOOK_SECRET"]);
+    assert_eq!(var("secret"), secret);
+    let default = secret
+        .strip_prefix("${WEBHOOK_SECRET:-")
+        .and_then(|s| s.strip_suffix('}'))
+        .expect("a default for WEBHOOK_SECRET");
+    outboxd::signature::Secret::parse(default).expect("a valid default secret");
+    for file in setup.iter().filter(|a| a.starts_with("/examples/sql/")) {
+        let local = repo().join(file.trim_start_matches('/'));
+        assert!(local.is_file(), "setup runs {file}, which does not exist");
+    }
+
+    let prometheus = yaml_documents(&deploy_file("prometheus/prometheus.yml")).remove(0);
+    let targets = strings(&prometheus["scrape_configs"][0]["static_configs"][0]["targets"]);
+    assert_eq!(targets, ["outboxd:9090"]);
+}
+
+/// Metric name -> (labels, is a histogram), read from src/telemetry.rs.
+fn exported_metrics() -> BTreeMap<String, (BTreeSet<String>, bool)> {
+    let source = read(&repo().join("src/telemetry.rs"));
+    let mut consts = BTreeMap::new();
+    for line in source.lines() {
+        if let Some(rest) = line.trim().strip_prefix("pub const ")
+            && let Some((name, value)) = rest.split_once(": &str = \"")
+        {
+            consts.insert(name.to_owned(), value.trim_end_matches("\";").to_owned());
+        }
+    }
+    let mut metrics = BTreeMap::new();
+    for (constant, metric) in &consts {
+        let mut labels = BTreeSet::new();
+        let mut histogram = false;
+        // Every macro call naming the constant: `kind!(CONST, "label" => ...)`.
+        for (at, _) in source.match_indices(&format!("!({constant}")) {
+            let kind_start = source[..at].rfind(|c: char| !c.is_alphanumeric() && c != '_');
+            let kind = &source[kind_start.map_or(0, |i| i + 1)..at];
+            histogram |= kind.contains("histogram");
+            let call = &source[at + 2..];
+            let mut depth = 1;
+            let end = call
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map_or(call.len(), |(i, _)| i);
+            let mut args = &call[..end];
+            while let Some(open) = args.find('"') {
+                let Some(close) = args[open + 1..].find('"') else {
+                    break;
+                };
+                let label = &args[open + 1..open + 1 + close];
+                args = &args[open + close + 2..];
+                if args.trim_start().starts_with("=>") {
+                    labels.insert(label.to_owned());
+                }
+            }
+        }
+        metrics.insert(metric.clone(), (labels, histogram));
+    }
+    assert!(metrics.len() >= 10, "read {metrics:?}");
+    metrics
+}
+
+/// The `outboxd_*` series an expression selects, each with the labels of
+/// its `{...}` selector.
+fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("outboxd_") {
+        let name_len = rest[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len() - at);
+        let name = rest[at..at + name_len].to_owned();
+        rest = &rest[at + name_len..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let end = inner.find('}').unwrap();
+            for matcher in inner[..end].split(',') {
+                let label = matcher.split(['=', '!', '~']).next().unwrap().trim();
+                labels.push(label.to_owned());
+            }
+        }
+        found.push((name, labels));
+    }
+    found
+}
+
+/// Labels after `by (` in an expression.
+fn grouping_labels(expr: &str) -> Vec<String> {
+    expr.split("by (")
+        .skip(1)
+        .flat_map(|rest| {
+            rest.split(')')
+                .next()
+                .unwrap()
+                .split(',')
+                .map(|l| l.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics_and_labels() {
+    let exported = exported_metrics();
+    let dashboard: Value =
+        serde_json::from_str(&read(&deploy_file("grafana/outboxd-dashboard.json"))).unwrap();
+    assert_eq!(dashboard["uid"], "outboxd");
+    let variables: BTreeSet<String> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| text(&v["name"]))
+        .collect();
+    assert!(variables.contains("datasource") && variables.contains("endpoint"));
+    // Labels every scraped series has, and the histogram bucket bound.
+    let scrape_labels = ["instance", "job", "le"];
+
+    let mut queried = BTreeSet::new();
+    let panels = dashboard["panels"].as_array().unwrap();
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = text(&panel["title"]);
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            let expr = text(&target["expr"]);
+            let mut labels_here = BTreeSet::new();
+            for (series, labels) in selectors(&expr) {
+                let (metric, suffix_ok) = match series.rsplit_once('_') {
+                    Some((base, "bucket" | "sum" | "count"))
+                        if exported.get(base).is_some_and(|(_, h)| *h) =>
+                    {
+                        (base.to_owned(), true)
+                    }
+                    _ => (
+                        series.clone(),
+                        !exported.get(&series).is_some_and(|(_, h)| *h),
+                    ),
+                };
+                let Some((known_labels, _)) = exported.get(&metric) else {
+                    panic!("{title}: {series} is not exported by src/telemetry.rs");
+                };
+                assert!(
+                    suffix_ok,
+                    "{title}: histogram {metric} needs _bucket/_sum/_count"
+                );
+                for label in &labels {
+                    assert!(
+                        known_labels.contains(label),
+                        "{title}: {metric} has no label {label}"
+                    );
+                }
+                labels_here.extend(known_labels.iter().cloned());
+                queried.insert(metric);
+            }
+            for label in grouping_labels(&expr) {
+                assert!(
+                    labels_here.contains(&label) || scrape_labels.contains(&label.as_str()),
+                    "{title}: grouping by {label}, which {expr} does not have"
+                );
+            }
+            for variable in expr.split('$').skip(1) {
+                let name: String = variable
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    name.starts_with("__") || variables.contains(&name),
+                    "{title}: ${name} is not a dashboard variable"
+                );
+            }
+        }
+    }
+    let missing: Vec<&String> = exported.keys().filter(|m| !queried.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/grafana/outboxd-dashboard.json shows no panel for {missing:?}: add one"
+    );
+}
