@@ -28,11 +28,11 @@ pub mod defaults {
     /// How long shutdown waits for in-flight requests before releasing them.
     pub const SHUTDOWN_GRACE: &str = "20s";
     /// Most rows one claim statement takes.
-    pub const BATCH_SIZE: usize = 100;
+    pub const BATCH_SIZE: usize = 128;
     /// Longest wait between two attempts to reach the database.
     pub const RECONNECT_MAX: &str = "10s";
     /// Most HTTP requests in flight per sidecar.
-    pub const CONCURRENCY: usize = 64;
+    pub const CONCURRENCY: usize = 128;
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub const ADMIN_ADDR: &str = "127.0.0.1:9090";
     /// How long delivered and cancelled deliveries are kept.

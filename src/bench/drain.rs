@@ -17,7 +17,7 @@ use crate::db::Db;
 /// Runs the drain and both latency measurements.
 pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     bench.reset().await?;
-    let sidecars = Sidecars::start(&bench.options, &bench.url)?;
+    let sidecars = Sidecars::start(&bench.options, &bench.url, "notify")?;
     let replicas = i64::from(bench.options.replicas);
     wait_for(Duration::from_secs(30), || async {
         let listening: i64 = bench
@@ -95,7 +95,44 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     ));
     report.latency_ms = latency(bench, rate, count, 4, "steady-").await?;
     report.peak_rss_bytes = sidecars.peak_rss_bytes();
-    sidecars.stop()
+    sidecars.stop()?;
+
+    bench.progress(&format!(
+        "  latency at low load with logical wake-up and no NOTIFY: {low} messages"
+    ));
+    report.latency_low_load_logical_ms = logical_latency(bench, low).await?;
+    Ok(())
+}
+
+/// Low-load latency with `OUTBOXD_WAKEUP=logical` and the NOTIFY trigger
+/// off, as producers that chose logical wake-up would run.
+async fn logical_latency(bench: &Bench, count: u64) -> anyhow::Result<Latency> {
+    bench
+        .client
+        .query_one("SELECT outbox.set_notify(false)", &[])
+        .await?;
+    let sidecars = Sidecars::start(&bench.options, &bench.url, "logical")?;
+    let replicas = i64::from(bench.options.replicas);
+    wait_for(Duration::from_secs(30), || async {
+        let slots: i64 = bench
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'outboxd_bench_%' AND active",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(slots >= replicas)
+    })
+    .await
+    .context("waiting for the sidecars' replication slots")?;
+    let measured = latency(bench, 50.0, count, 1, "logical-").await;
+    bench
+        .client
+        .query_one("SELECT outbox.set_notify(true)", &[])
+        .await?;
+    sidecars.stop()?;
+    measured
 }
 
 /// Each of `messages` messages with `prefix` arrived exactly `fan_out`

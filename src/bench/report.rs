@@ -63,6 +63,8 @@ pub struct Report {
     pub latency_ms: Latency,
     /// Single messages 20 ms apart.
     pub latency_low_load_ms: Latency,
+    /// The same with logical wake-up (NOTIFY trigger off).
+    pub latency_low_load_logical_ms: Latency,
     /// Claim + complete without HTTP.
     pub ceiling_claim_rows_per_sec: f64,
     /// Signed POSTs without the database.
@@ -125,6 +127,7 @@ impl Report {
             "delivered_exactly_once": self.delivered_exactly_once,
             "latency_ms": latency(&self.latency_ms),
             "latency_low_load_ms": latency(&self.latency_low_load_ms),
+            "latency_low_load_logical_ms": latency(&self.latency_low_load_logical_ms),
             "ceiling_claim_rows_per_sec": self.ceiling_claim_rows_per_sec,
             "ceiling_http_per_sec": self.ceiling_http_per_sec,
             "ceiling_combined_per_sec": self.ceiling_combined_per_sec,
@@ -191,6 +194,10 @@ impl Report {
             ("efficiency", format!("{:.2}", self.efficiency)),
             ("latency, low load", lat(&self.latency_low_load_ms)),
             ("latency, half the drain rate", lat(&self.latency_ms)),
+            (
+                "latency, low load, logical wake-up",
+                lat(&self.latency_low_load_logical_ms),
+            ),
             (
                 "producers, no wake-up trigger",
                 format!("{:.0} inserts/s", p.no_trigger),

@@ -21,10 +21,11 @@ pub struct Sidecars {
 }
 
 impl Sidecars {
-    /// Starts `options.replicas` sidecars on `url`.
-    pub fn start(options: &Options, url: &DatabaseUrl) -> anyhow::Result<Self> {
+    /// Starts `options.replicas` sidecars on `url` with `wakeup`
+    /// (`notify` or `logical`).
+    pub fn start(options: &Options, url: &DatabaseUrl, wakeup: &str) -> anyhow::Result<Self> {
         let children = (0..options.replicas)
-            .map(|i| spawn(&options.sidecar_bin, options, url, i))
+            .map(|i| spawn(&options.sidecar_bin, options, url, i, wakeup))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self { children })
     }
@@ -76,7 +77,13 @@ impl Drop for Sidecars {
     }
 }
 
-fn spawn(bin: &Path, options: &Options, url: &DatabaseUrl, index: u32) -> anyhow::Result<Child> {
+fn spawn(
+    bin: &Path,
+    options: &Options,
+    url: &DatabaseUrl,
+    index: u32,
+    wakeup: &str,
+) -> anyhow::Result<Child> {
     Command::new(bin)
         .arg("run")
         .env_clear()
@@ -87,6 +94,7 @@ fn spawn(bin: &Path, options: &Options, url: &DatabaseUrl, index: u32) -> anyhow
         .env("OUTBOXD_WORKER_ID", format!("bench-{index}"))
         .env("OUTBOXD_NO_ADMIN", "true")
         .env("OUTBOXD_NO_PURGE", "true")
+        .env("OUTBOXD_WAKEUP", wakeup)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -50,7 +50,11 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
             "{mode}"
         );
     }
-    for latency in ["latency_ms", "latency_low_load_ms"] {
+    for latency in [
+        "latency_ms",
+        "latency_low_load_ms",
+        "latency_low_load_logical_ms",
+    ] {
         let l = &json[latency];
         assert!(
             l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap(),
