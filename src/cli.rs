@@ -123,6 +123,9 @@ pub struct BenchArgs {
     /// Seconds for each producer mode and for the steady-load latency.
     #[arg(long, default_value_t = 5.0)]
     pub phase_secs: f64,
+    /// Run the sidecars with --async-commit (their commits skip the WAL flush wait).
+    #[arg(long)]
+    pub async_commit: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -315,6 +318,10 @@ pub struct RunArgs {
     /// Longest wait between attempts to reach the database (backoff from 100 ms, doubling).
     #[arg(long, env = "OUTBOXD_RECONNECT_MAX", default_value = defaults::RECONNECT_MAX, value_parser = humantime::parse_duration)]
     reconnect_max: Duration,
+    /// Let outboxd's own commits (claims, outcomes) skip waiting for the WAL flush: faster, but
+    /// after a database crash some deliveries are sent again (never lost).
+    #[arg(long, env = "OUTBOXD_ASYNC_COMMIT", help_heading = "Database")]
+    async_commit: bool,
 }
 
 impl RunArgs {
@@ -347,6 +354,7 @@ impl RunArgs {
             allow_networks: self.allow_networks.clone(),
             egress_proxy: self.egress_proxy.clone(),
             reconnect_max: self.reconnect_max,
+            async_commit: self.async_commit,
         };
         config.validate()?;
         Ok(config)
@@ -532,6 +540,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         phase_secs: args.phase_secs.max(0.5),
         database_url: args.database_url,
         sidecar_bin: std::env::current_exe().context("locating the outboxd executable")?,
+        async_commit: args.async_commit,
     };
     let report = crate::bench::run(options).await?;
     if args.json {

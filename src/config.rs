@@ -172,6 +172,9 @@ pub struct Config {
     /// Cap of the reconnect backoff (100 ms, doubling): how long the
     /// sidecar may take to notice that the database is back.
     pub reconnect_max: Duration,
+    /// The sidecar's own commits do not wait for the WAL flush: faster,
+    /// at the price of re-sending some deliveries after a database crash.
+    pub async_commit: bool,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -225,6 +228,7 @@ impl Config {
             allow_networks: Vec::new(),
             egress_proxy: None,
             reconnect_max: parse(defaults::RECONNECT_MAX),
+            async_commit: false,
         }
     }
 
@@ -285,6 +289,7 @@ impl Config {
             ("concurrency", self.concurrency.to_string()),
             ("shutdown_grace", duration(self.shutdown_grace)),
             ("disable_after", duration(self.disable_after)),
+            ("async_commit", self.async_commit.to_string()),
             ("worker_id", self.worker_id.clone()),
             (
                 "admin_addr",

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout; only problems belong on stderr there.
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) => "error",
         _ => "info",
     };
     init_logging(cli.log_format, default_filter);

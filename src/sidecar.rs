@@ -81,7 +81,10 @@ pub async fn run(
 ) -> Result<(), SidecarError> {
     config.validate()?;
     let config = Arc::new(config);
-    let db = Db::new(&config.database_url)?.with_reconnect_max(config.reconnect_max);
+    let mut db = Db::new(&config.database_url)?.with_reconnect_max(config.reconnect_max);
+    if config.async_commit {
+        db = db.with_async_commit();
+    }
     let deliverer = Deliverer::new(&config)?;
     if !prepare_database(&db, &config, migrate, &shutdown).await? {
         return Ok(());

@@ -84,7 +84,10 @@ pub async fn claim(bench: &Bench) -> anyhow::Result<f64> {
     let messages = bench.options.messages.min(20_000);
     bench.insert_backlog(messages, "claim-").await?;
     let rows = bench.deliveries_for(messages);
-    let db = Db::new(&bench.url)?;
+    let mut db = Db::new(&bench.url)?;
+    if bench.options.async_commit {
+        db = db.with_async_commit();
+    }
     let loops = bench.options.replicas.max(2);
     let started = Instant::now();
     let mut tasks = JoinSet::new();

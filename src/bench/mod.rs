@@ -57,6 +57,8 @@ pub struct Options {
     pub database_url: Option<String>,
     /// The `outboxd` executable to run as sidecars.
     pub sidecar_bin: PathBuf,
+    /// Run the sidecars (and the claim ceiling) with `--async-commit`.
+    pub async_commit: bool,
 }
 
 /// Everything the phases share.

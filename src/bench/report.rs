@@ -55,6 +55,8 @@ pub struct Report {
     pub fan_out: u32,
     /// Finished rows beside the second claim measurement.
     pub finished_rows: u64,
+    /// Sidecars ran with `--async-commit`.
+    pub async_commit: bool,
     /// Sustained drain rate, outcomes written.
     pub deliveries_per_sec: f64,
     /// Deliveries checked to have arrived exactly once, verified.
@@ -106,6 +108,7 @@ impl Report {
             endpoints: o.endpoints,
             fan_out: o.fan_out,
             finished_rows: o.finished_rows,
+            async_commit: o.async_commit,
             ..Self::default()
         })
     }
@@ -146,6 +149,7 @@ impl Report {
                 "messages": self.messages, "replicas": self.replicas, "concurrency": self.concurrency,
                 "batch_size": self.batch_size, "payload_bytes": self.payload_bytes,
                 "endpoints": self.endpoints, "fan_out": self.fan_out,
+                "async_commit": self.async_commit,
             },
             "machine": {
                 "cores": self.cores,

@@ -95,6 +95,7 @@ fn spawn(
         .env("OUTBOXD_NO_ADMIN", "true")
         .env("OUTBOXD_NO_PURGE", "true")
         .env("OUTBOXD_WAKEUP", wakeup)
+        .env("OUTBOXD_ASYNC_COMMIT", options.async_commit.to_string())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

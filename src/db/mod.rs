@@ -146,6 +146,20 @@ impl Db {
         })
     }
 
+    /// The sidecar's own commits (claims, outcome writes) stop waiting for
+    /// the WAL flush (`synchronous_commit = off` on its sessions only;
+    /// producers are unaffected). A database crash may then forget the
+    /// last fraction of a second of claims and outcomes: those deliveries
+    /// are sent again (at least once still holds; nothing is lost).
+    pub fn with_async_commit(mut self) -> Self {
+        let options = match self.config.get_options() {
+            Some(existing) => format!("{existing} -c synchronous_commit=off"),
+            None => "-c synchronous_commit=off".to_owned(),
+        };
+        self.config.options(&options);
+        self
+    }
+
     /// Caps the reconnect backoff handed out by [`backoff`](Self::backoff).
     pub fn with_reconnect_max(mut self, max: Duration) -> Self {
         self.reconnect_max = max;

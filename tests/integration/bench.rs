@@ -20,6 +20,7 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
         phase_secs: 0.5,
         database_url: None,
         sidecar_bin: PathBuf::from(env!("CARGO_BIN_EXE_outboxd")),
+        async_commit: false,
     };
     let report = bench::run(options).await.expect("the benchmark runs");
     assert_eq!(

@@ -299,3 +299,32 @@ async fn two_sidecars_deliver_ten_thousand_messages_exactly_once() {
         .get(0);
     assert_eq!(attempts, 10_000);
 }
+
+#[tokio::test]
+async fn async_commit_sets_the_sidecars_sessions_and_still_delivers() {
+    let db = fresh_db().await;
+    let url = DatabaseUrl::new(db.url.clone());
+    let fast = Db::new(&url)
+        .unwrap()
+        .with_async_commit()
+        .connect()
+        .await
+        .unwrap();
+    let setting: String = fast
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "off");
+
+    let secret = Secret::generate();
+    let receiver = ok_receiver(Some(&secret)).await;
+    add_endpoint(&db.client, "e", &receiver.url(), None, &secret).await;
+    let mut cfg = config(&db);
+    cfg.async_commit = true;
+    let sidecar = spawn(cfg);
+    insert_many(&db, 20).await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+    assert_eq!(count_status(&db.client, "delivered").await, 20);
+}
