@@ -143,6 +143,11 @@ impl Dispatcher {
                 .claim(&self.config.worker_id, want, self.config.lease)
                 .await?;
             let full = jobs.len() == want;
+            if full && !backlog && self.config.wakeup == Wakeup::Notify {
+                // Busy with a backlog: it claims again as slots free up, so
+                // producers need not NOTIFY it until it goes idle again.
+                queries.leave_waiting(&self.config.worker_id).await?;
+            }
             telemetry::claimed(jobs.len());
             claimed_any |= !jobs.is_empty();
             for job in jobs {

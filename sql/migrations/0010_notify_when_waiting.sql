@@ -1,8 +1,9 @@
 -- NOTIFY only while a sidecar waits for it. Every notifying commit takes a
 -- database-wide lock, which serialises concurrent producers; a sidecar
--- that is busy claiming does not need the hint, since it claims again as
--- soon as its slots free up. An idle sidecar (in notify mode) keeps a row
--- here; the insert trigger notifies only when there is one. The race (a
+-- busy with a backlog does not need the hint, since it claims again as
+-- soon as its slots free up. A sidecar in notify mode keeps a row here
+-- except while a backlog keeps it busy (from a full claim until it goes
+-- idle); the insert trigger notifies only when a row exists. The race (a
 -- producer checked while the sidecar was busy, committed after its last
 -- claim) is closed by the sidecar looking again shortly after it goes
 -- idle, and at worst by the state poll.

@@ -95,7 +95,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     ));
     report.latency_ms = latency(bench, rate, count, 4, "steady-").await?;
     report.peak_rss_bytes = sidecars.peak_rss_bytes();
-    sidecars.stop()?;
+    sidecars.stop().await?;
 
     bench.progress(&format!(
         "  latency at low load with logical wake-up and no NOTIFY: {low} messages"
@@ -131,7 +131,7 @@ async fn logical_latency(bench: &Bench, count: u64) -> anyhow::Result<Latency> {
         .client
         .query_one("SELECT outbox.set_notify(true)", &[])
         .await?;
-    sidecars.stop()?;
+    sidecars.stop().await?;
     measured
 }
 

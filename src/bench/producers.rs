@@ -1,22 +1,17 @@
 //! What each wake-up mode costs the application: single-row inserts per
 //! second from 8 concurrent producers (fan-out included: every insert also
-//! creates its deliveries), with no wake-up trigger, with the NOTIFY
-//! trigger (and a listener), and with the trigger off while a logical slot
-//! is read.
+//! creates its deliveries) while `outboxd run` delivers them, with no
+//! wake-up trigger (sidecar in poll mode), with the NOTIFY trigger (notify
+//! mode), and with the trigger off while the sidecar reads a logical slot.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio_postgres::AsyncMessage;
-use tokio_util::sync::CancellationToken;
 
 use super::Bench;
 use super::report::ProducerRates;
+use super::sidecar::Sidecars;
 use crate::db::Db;
-use crate::wakeup::logical;
 
 const PRODUCERS: u64 = 8;
 
@@ -37,13 +32,10 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
             .client
             .query_one("SELECT outbox.set_notify($1)", &[&notify])
             .await?;
-        let stop = CancellationToken::new();
-        let watcher = watcher(bench, mode, stop.clone()).await?;
-        let rate = produce(bench).await?;
-        stop.cancel();
-        if let Some(watcher) = watcher {
-            watcher.await?;
-        }
+        let running = sidecars(bench, mode)?;
+        let rate = produce(bench).await;
+        running.stop().await?;
+        let rate = rate?;
         match mode {
             Mode::NoTrigger => rates.no_trigger = rate,
             Mode::Notify => rates.notify_trigger = rate,
@@ -61,44 +53,16 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
     Ok(rates)
 }
 
-/// What would run beside the producers in this mode: a `LISTEN`ing
-/// connection, or a logical slot reader.
-async fn watcher(
-    bench: &Bench,
-    mode: Mode,
-    stop: CancellationToken,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let db = Db::new(&bench.url)?;
-    Ok(match mode {
-        Mode::NoTrigger => None,
-        Mode::Notify => {
-            let (client, mut connection) = db.config().connect(tokio_postgres::NoTls).await?;
-            let listen = tokio::spawn(async move {
-                let client = client;
-                let _ = client.batch_execute("LISTEN outboxd_wakeup").await;
-                stop.cancelled().await;
-            });
-            Some(tokio::spawn(async move {
-                // Drain notifications until the listener task ends.
-                while let Some(Ok(message)) =
-                    std::future::poll_fn(|cx| connection.poll_message(cx)).await
-                {
-                    let _ = matches!(message, AsyncMessage::Notification(_));
-                    if listen.is_finished() {
-                        break;
-                    }
-                }
-            }))
-        }
-        Mode::Logical => Some(tokio::spawn(logical::run(
-            db,
-            "outboxd_bench_producers".into(),
-            Duration::from_millis(20),
-            Arc::new(Notify::new()),
-            Arc::new(AtomicBool::new(false)),
-            stop,
-        ))),
-    })
+/// The sidecars that run beside the producers, delivering what they
+/// insert: in poll mode (the baseline, no wake-up trigger), notify mode or
+/// logical mode.
+fn sidecars(bench: &Bench, mode: Mode) -> anyhow::Result<Sidecars> {
+    let wakeup = match mode {
+        Mode::NoTrigger => "poll",
+        Mode::Notify => "notify",
+        Mode::Logical => "logical",
+    };
+    Sidecars::start(&bench.options, &bench.url, wakeup)
 }
 
 /// 8 producers inserting one row per transaction for the phase's length.

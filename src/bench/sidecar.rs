@@ -44,8 +44,10 @@ impl Sidecars {
             .unwrap_or(0)
     }
 
-    /// SIGTERM, then waits (bounded) for each to exit.
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    /// SIGTERM, then waits (bounded, without blocking the runtime: the
+    /// receiver answering their last requests may run on it) for each to
+    /// exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         for child in &self.children {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -53,15 +55,15 @@ impl Sidecars {
                 .status();
         }
         for child in &mut self.children {
-            for _ in 0..300 {
+            for _ in 0..1500 {
                 if child.try_wait()?.is_some() {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if child.try_wait()?.is_none() {
                 child.kill()?;
-                anyhow::bail!("a sidecar did not stop within 6 s of SIGTERM");
+                anyhow::bail!("a sidecar did not stop within 30 s of SIGTERM");
             }
         }
         Ok(())
@@ -95,6 +97,9 @@ fn spawn(
         .env("OUTBOXD_NO_ADMIN", "true")
         .env("OUTBOXD_NO_PURGE", "true")
         .env("OUTBOXD_WAKEUP", wakeup)
+        // Poll mode is the producers' baseline: it must deliver as it goes
+        // (and so use the CPU as the other modes do), not every 5 s.
+        .env("OUTBOXD_POLL_INTERVAL", if wakeup == "poll" { "20ms" } else { "5s" })
         .env("OUTBOXD_ASYNC_COMMIT", options.async_commit.to_string())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -231,7 +231,8 @@ impl Queries {
         Ok(rows.len())
     }
 
-    /// `owner` stops waiting for NOTIFY (it is shutting down).
+    /// `owner` stops waiting for NOTIFY (busy with a backlog, or shutting
+    /// down).
     pub async fn leave_waiting(&self, owner: &str) -> Result<(), DbError> {
         within(
             &self.client,

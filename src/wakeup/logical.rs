@@ -107,19 +107,15 @@ pub async fn run(
     active: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new();
+    let mut backoff = db.backoff();
     while !shutdown.is_cancelled() {
-        if let Err(error) = poll_slot(
-            &db,
-            &slot,
-            interval,
-            &wake,
-            &active,
-            &shutdown,
-            &mut backoff,
-        )
-        .await
-        {
+        // Shutdown must not wait for a connection, or a slot creation (it
+        // waits for running transactions), that may take long.
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            polled = poll_slot(&db, &slot, interval, &wake, &active, &shutdown, &mut backoff) => polled,
+        };
+        if let Err(error) = polled {
             telemetry::reconnect("logical");
             tracing::warn!(%error, slot, "logical wake-up lost its connection; reconnecting");
         }
