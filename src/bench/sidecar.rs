@@ -99,7 +99,10 @@ fn spawn(
         .env("OUTBOXD_WAKEUP", wakeup)
         // Poll mode is the producers' baseline: it must deliver as it goes
         // (and so use the CPU as the other modes do), not every 5 s.
-        .env("OUTBOXD_POLL_INTERVAL", if wakeup == "poll" { "20ms" } else { "5s" })
+        .env(
+            "OUTBOXD_POLL_INTERVAL",
+            if wakeup == "poll" { "20ms" } else { "5s" },
+        )
         .env("OUTBOXD_ASYNC_COMMIT", options.async_commit.to_string())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
