@@ -22,10 +22,9 @@ WITH outcome AS (
         delivered_at = CASE WHEN o.status = 'delivered' THEN now() END,
         updated_at = now()
     FROM outcome o
+    -- One primary-key probe per outcome. (Adding `d.id = ANY ($2)` made
+    -- the planner scan the batch once per row instead: quadratic.)
     WHERE d.id = o.delivery_id
-      -- Spelled out so the planner finds rows by primary key, never by
-      -- scanning the table.
-      AND d.id = ANY ($2::bigint[])
       AND d.attempts = o.attempt
       AND d.lease_owner = $1
       AND d.status = 'in_flight'

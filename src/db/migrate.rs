@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_logical_wakeup.sql"),
     migration!(9, "0009_role_grants.sql"),
     migration!(10, "0010_notify_when_waiting.sql"),
+    migration!(11, "0011_cheaper_claims.sql"),
 ];
 
 /// Arbitrary constant key for `pg_advisory_xact_lock`: "outboxd" in ASCII.

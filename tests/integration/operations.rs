@@ -453,6 +453,61 @@ async fn retention_purges_exactly_the_old_finished_rows() {
 }
 
 #[tokio::test]
+async fn deleting_deliveries_or_messages_deletes_their_attempts() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "a",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    db.client
+        .batch_execute(
+            "INSERT INTO outbox.messages (event_id, event_type, payload)
+             SELECT 'm' || g, 't', '{}' FROM generate_series(1, 4) g;
+             INSERT INTO outbox.attempts (delivery_id, attempt, started_at, duration_ms)
+             SELECT d.id, a, now(), 1 FROM outbox.deliveries d, generate_series(1, 3) a;",
+        )
+        .await
+        .unwrap();
+    let attempts_of = |events: &'static [&'static str]| {
+        let client = &db.client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM outbox.attempts a
+                     JOIN outbox.deliveries d ON d.id = a.delivery_id
+                     JOIN outbox.messages m ON m.id = d.message_id
+                     WHERE m.event_id = ANY ($1)",
+                    &[&events],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(attempts_of(&["m1", "m2", "m3", "m4"]).await, 12);
+    db.client
+        .batch_execute(
+            "DELETE FROM outbox.deliveries d USING outbox.messages m
+              WHERE m.id = d.message_id AND m.event_id = 'm1';
+             DELETE FROM outbox.messages WHERE event_id IN ('m2', 'm3');",
+        )
+        .await
+        .unwrap();
+    let left: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM outbox.attempts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 3, "only m4's attempts are left");
+    assert_eq!(attempts_of(&["m4"]).await, 3);
+}
+
+#[tokio::test]
 async fn every_select_in_docs_sql_md_runs() {
     let db = fresh_db().await;
     add_endpoint(

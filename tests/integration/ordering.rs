@@ -533,6 +533,14 @@ async fn a_failing_endpoint_is_probed_one_request_at_a_time() {
         healthy.wait_until(WAIT, |r| r.len() == 200).await,
         "healthy drained"
     );
+    // The healthy backlog may drain before the next probe: wait for a few.
+    assert!(
+        eventually(WAIT, || async {
+            concurrent.lock().unwrap().1.len() >= seen_before + 20
+        })
+        .await,
+        "the failing endpoint is probed again"
+    );
     sidecar.stop().await;
     let g = concurrent.lock().unwrap();
     // Requests already claimed before the first failure was written may
