@@ -8,7 +8,7 @@
 //! row until the next poll, never loses it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -28,10 +28,28 @@ const OVERDUE_RECHECK: Duration = Duration::from_millis(25);
 /// before claiming with fewer.
 const BATCH_GATHER: Duration = Duration::from_millis(2);
 
-/// Having worked and gone idle, look again after these delays: producers
-/// that checked `outbox.waiting` while this sidecar was busy did not
-/// NOTIFY, and may commit just after its last claim.
+/// Having gone idle, look again after these delays: producers that checked
+/// `outbox.waiting` while this sidecar was not in it did not NOTIFY, and
+/// may commit just after its last claim.
 const IDLE_RECHECKS: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(50)];
+
+/// In notify mode, after a claim that found work, keep looking this often
+/// for [`LINGER`] instead of waiting in `outbox.waiting`: while rows keep
+/// arriving, producers then skip NOTIFY (which serialises their commits)
+/// and the sidecar picks up several rows per claim. Traffic sparser than
+/// that is woken by NOTIFY, which costs little at low rates.
+const LINGER_POLL: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(10);
+
+/// What one [`Dispatcher::drain`] did.
+struct Drained {
+    /// How long to idle before looking again.
+    idle: Duration,
+    /// Whether anything was claimed.
+    worked: bool,
+    /// Whether it entered `outbox.waiting` (it was not in it before).
+    started_waiting: bool,
+}
 
 /// Claims deliveries and runs them.
 pub struct Dispatcher {
@@ -74,26 +92,38 @@ impl Dispatcher {
     /// Claims and delivers until `shutdown` fires; in-flight tasks keep
     /// running on the tracker.
     pub async fn run(self, shutdown: CancellationToken) {
+        let notify = self.config.wakeup == Wakeup::Notify;
         let mut queries = None;
         let mut backoff = self.db.backoff();
         let mut connected_before = false;
         let mut rechecks: &[Duration] = &[];
+        let mut linger_until = None;
+        // Whether this worker may have a row in outbox.waiting.
+        let mut in_waiting = notify;
         while !shutdown.is_cancelled() {
             if queries.is_none() && connected_before {
                 telemetry::reconnect("dispatcher");
             }
-            let idle = match self.drain(&mut queries, &shutdown).await {
-                Ok((idle, worked)) => {
+            let lingering = notify && linger_until.is_some_and(|until| Instant::now() < until);
+            let idle = match self
+                .drain(&mut queries, &shutdown, lingering, &mut in_waiting)
+                .await
+            {
+                Ok(drained) => {
                     backoff.reset();
-                    if worked {
+                    if drained.worked && notify {
+                        linger_until = Some(Instant::now() + LINGER);
+                    }
+                    if drained.started_waiting || (drained.worked && !notify) {
                         rechecks = &IDLE_RECHECKS;
                     }
-                    match rechecks.split_first() {
-                        Some((soon, rest)) => {
-                            rechecks = rest;
-                            idle.min(*soon)
-                        }
-                        None => idle,
+                    if notify && (drained.worked || lingering) {
+                        drained.idle.min(LINGER_POLL)
+                    } else if let Some((soon, rest)) = rechecks.split_first() {
+                        rechecks = rest;
+                        drained.idle.min(*soon)
+                    } else {
+                        drained.idle
                     }
                 }
                 Err(error) => {
@@ -113,7 +143,9 @@ impl Dispatcher {
                 _ = tokio::time::sleep(idle) => {}
             }
         }
-        if let Some(queries) = &queries {
+        if let Some(queries) = &queries
+            && in_waiting
+        {
             let leave = queries.leave_waiting(&self.config.worker_id);
             if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(2), leave).await {
                 tracing::debug!(%error, "could not leave outbox.waiting");
@@ -121,52 +153,67 @@ impl Dispatcher {
         }
     }
 
-    /// Claims until a claim comes back short, then says how long to idle
-    /// and whether anything was claimed.
+    /// Claims until a claim comes back short, then says how long to idle.
+    /// In notify mode, a claim that found work takes this worker out of
+    /// `outbox.waiting`, and going idle (no work, no longer lingering)
+    /// puts it back.
     async fn drain(
         &self,
         queries: &mut Option<Queries>,
         shutdown: &CancellationToken,
-    ) -> Result<(Duration, bool), DbError> {
+        lingering: bool,
+        in_waiting: &mut bool,
+    ) -> Result<Drained, DbError> {
         if queries.as_ref().is_none_or(Queries::is_closed) {
             *queries = Some(Queries::connect(&self.db).await?);
         }
         let queries = queries.as_ref().expect("connected just above");
-        let mut claimed_any = false;
+        let worker = &self.config.worker_id;
+        let mut worked = false;
         let mut backlog = false;
         loop {
             let Some(mut permits) = self.free_permits(shutdown, backlog).await else {
-                return Ok((Duration::ZERO, claimed_any));
+                return Ok(Drained {
+                    idle: Duration::ZERO,
+                    worked,
+                    started_waiting: false,
+                });
             };
             let want = permits.num_permits();
-            let jobs = queries
-                .claim(&self.config.worker_id, want, self.config.lease)
-                .await?;
+            let jobs = queries.claim(worker, want, self.config.lease).await?;
             let full = jobs.len() == want;
-            if full && !backlog && self.config.wakeup == Wakeup::Notify {
-                // Busy with a backlog: it claims again as slots free up, so
-                // producers need not NOTIFY it until it goes idle again.
-                queries.leave_waiting(&self.config.worker_id).await?;
-            }
             telemetry::claimed(jobs.len());
-            claimed_any |= !jobs.is_empty();
+            worked |= !jobs.is_empty();
+            let found = !jobs.is_empty();
             for job in jobs {
                 let permit = permits.split(1).expect("one permit per claimed row");
                 self.start(job, permit);
+            }
+            if found && *in_waiting {
+                // Busy now, and looking again soon: producers need not
+                // NOTIFY it until it goes idle.
+                queries.leave_waiting(worker).await?;
+                *in_waiting = false;
             }
             if !full {
                 break;
             }
             backlog = true;
         }
-        let waiting = self.config.wakeup == Wakeup::Notify;
-        let due = queries.next_due(&self.config.worker_id, waiting).await?;
+        let wait = self.config.wakeup == Wakeup::Notify && !worked && !lingering;
+        let due = queries.next_due(worker, wait).await?;
+        let started_waiting = wait && !*in_waiting;
+        *in_waiting |= wait;
         let idle = match due {
-            Some(Duration::ZERO) if !claimed_any => OVERDUE_RECHECK,
+            Some(Duration::ZERO) if !worked => OVERDUE_RECHECK,
             Some(due) => due.min(self.config.poll_interval),
             None => self.config.poll_interval,
         };
-        Ok((idle, claimed_any))
+        Ok(Drained {
+            idle,
+            worked,
+            started_waiting,
+        })
     }
 
     /// Waits for one permit, then takes every other free one up to the batch

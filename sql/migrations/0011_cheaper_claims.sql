@@ -12,6 +12,11 @@
 --   reading the endpoint's in-flight rows first, and was planned on every
 --   call.
 
+-- The sidecar now also stays out of outbox.waiting while work keeps
+-- arriving, so a steady stream of producers skips NOTIFY altogether.
+COMMENT ON TABLE outbox.waiting IS
+    'Sidecars in notify mode waiting for NOTIFY: a row from when a sidecar has found no work for 10 ms until one of its claims finds some. The insert trigger notifies only while a row exists; a sidecar looks again 5 ms and 50 ms after entering, for producers that checked just before.';
+
 DROP INDEX outbox.deliveries_endpoint_status;
 CREATE INDEX deliveries_endpoint_status ON outbox.deliveries (endpoint_id, status)
     WHERE status IN ('in_flight', 'dead');

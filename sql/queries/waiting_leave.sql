@@ -1,3 +1,4 @@
--- Sidecar $1 no longer waits for producers' NOTIFY: it is busy with a
--- backlog (a full claim), or shutting down.
+-- Sidecar $1 no longer waits for producers' NOTIFY: a claim found work,
+-- so it looks again every few ms until it has found none for a while; or
+-- it is shutting down.
 DELETE FROM outbox.waiting WHERE worker_id = $1

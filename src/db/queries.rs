@@ -32,6 +32,7 @@ pub struct Queries {
     complete: Statement,
     release: Statement,
     next_due: Statement,
+    leave_waiting: Statement,
     lock_keys: Statement,
 }
 
@@ -40,7 +41,7 @@ impl Queries {
     pub async fn connect(db: &Db) -> Result<Self, DbError> {
         let client = db.connect().await?;
         let prepare = |sql| client.prepare(sql);
-        let (claim, complete, release, next_due, lock_keys) = within(
+        let (claim, complete, release, next_due, leave_waiting, lock_keys) = within(
             &client,
             "preparing statements (has `outboxd migrate` run?)",
             async {
@@ -49,6 +50,7 @@ impl Queries {
                     prepare(COMPLETE),
                     prepare(RELEASE),
                     prepare(NEXT_DUE),
+                    prepare(LEAVE_WAITING),
                     prepare(LOCK_KEYS)
                 )
             },
@@ -60,6 +62,7 @@ impl Queries {
             complete,
             release,
             next_due,
+            leave_waiting,
             lock_keys,
         })
     }
@@ -231,13 +234,13 @@ impl Queries {
         Ok(rows.len())
     }
 
-    /// `owner` stops waiting for NOTIFY (busy with a backlog, or shutting
+    /// `owner` stops waiting for NOTIFY (busy and lingering, or shutting
     /// down).
     pub async fn leave_waiting(&self, owner: &str) -> Result<(), DbError> {
         within(
             &self.client,
             "leaving outbox.waiting",
-            self.client.execute(LEAVE_WAITING, &[&owner]),
+            self.client.execute(&self.leave_waiting, &[&owner]),
         )
         .await?;
         Ok(())

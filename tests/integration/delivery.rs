@@ -459,3 +459,45 @@ async fn producers_notify_only_while_a_sidecar_waits() {
         "a stopped sidecar no longer waits"
     );
 }
+
+#[tokio::test]
+async fn a_sidecar_kept_busy_by_a_stream_of_inserts_needs_few_notifications() {
+    let db = fresh_db().await;
+    let receiver = ok_receiver(None).await;
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let mut cfg = config(&db);
+    cfg.worker_id = "streamed".into();
+    cfg.poll_interval = Duration::from_secs(30);
+    let sidecar = spawn(cfg);
+    let waits = || async {
+        let rows = db
+            .client
+            .query("SELECT 1 FROM outbox.waiting", &[])
+            .await
+            .unwrap();
+        !rows.is_empty()
+    };
+    assert!(eventually(WAIT, waits).await, "an idle sidecar waits");
+    // A producer committing a row every millisecond or so: the sidecar
+    // keeps finding work, so it stays out of outbox.waiting and producers
+    // skip NOTIFY after the first few rows.
+    const ROWS: usize = 200;
+    let stream = async {
+        for n in 0..ROWS {
+            insert_message(&db.client, &format!("s{n}"), "t", "{}").await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let seen = notifications_until_sentinel(&db, stream).await;
+    assert!(receiver.wait_until(WAIT, |r| r.len() == ROWS).await);
+    assert!(
+        eventually(WAIT, waits).await,
+        "idle again after the stream, it waits"
+    );
+    sidecar.stop().await;
+    assert!(
+        seen.len() < ROWS / 2,
+        "{} notifications for {ROWS} rows",
+        seen.len()
+    );
+}
