@@ -123,7 +123,7 @@ pub struct BenchArgs {
     /// Seconds for each producer mode and for the steady-load latency.
     #[arg(long, default_value_t = 5.0)]
     pub phase_secs: f64,
-    /// Run the sidecars with --async-commit (their commits skip the WAL flush wait).
+    /// Run the sidecars with --async-commit (their outcome writes skip the WAL flush wait).
     #[arg(long)]
     pub async_commit: bool,
     /// Print one JSON object instead of a table.
@@ -318,7 +318,7 @@ pub struct RunArgs {
     /// Longest wait between attempts to reach the database (backoff from 100 ms, doubling).
     #[arg(long, env = "OUTBOXD_RECONNECT_MAX", default_value = defaults::RECONNECT_MAX, value_parser = humantime::parse_duration)]
     reconnect_max: Duration,
-    /// Let outboxd's own commits (claims, outcomes) skip waiting for the WAL flush: faster, but
+    /// Let outcome writes skip waiting for the WAL flush, as claims always do: faster, but
     /// after a database crash some deliveries are sent again (never lost).
     #[arg(long, env = "OUTBOXD_ASYNC_COMMIT", help_heading = "Database")]
     async_commit: bool,

@@ -172,8 +172,9 @@ pub struct Config {
     /// Cap of the reconnect backoff (100 ms, doubling): how long the
     /// sidecar may take to notice that the database is back.
     pub reconnect_max: Duration,
-    /// The sidecar's own commits do not wait for the WAL flush: faster,
-    /// at the price of re-sending some deliveries after a database crash.
+    /// Outcome writes do not wait for the WAL flush (claims never do):
+    /// faster, at the price of re-sending some deliveries after a database
+    /// crash.
     pub async_commit: bool,
 }
 

@@ -88,26 +88,28 @@ pub async fn claim(bench: &Bench) -> anyhow::Result<f64> {
     if bench.options.async_commit {
         db = db.with_async_commit();
     }
+    // As in the sidecar: claims never wait for the WAL flush, outcome
+    // writes do (unless --async-commit).
+    let claims_db = db.clone().with_async_commit();
     let loops = bench.options.replicas.max(2);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0..loops {
-        let db = db.clone();
+        let (db, claims_db) = (db.clone(), claims_db.clone());
         let batch = bench.options.batch_size;
         tasks.spawn(async move {
-            let queries = Queries::connect(&db).await?;
+            let claims = Queries::connect(&claims_db).await?;
+            let writes = Queries::connect(&db).await?;
             let owner = format!("ceiling-{i}");
             let mut done = 0u64;
             loop {
-                let jobs = queries
-                    .claim(&owner, batch, Duration::from_secs(60))
-                    .await?;
+                let jobs = claims.claim(&owner, batch, Duration::from_secs(60)).await?;
                 if jobs.is_empty() {
                     return anyhow::Ok(done);
                 }
                 let outcomes: Vec<Outcome> = jobs.iter().map(delivered).collect();
                 let refs: Vec<&Outcome> = outcomes.iter().collect();
-                done += queries
+                done += writes
                     .complete(&owner, &refs, Duration::from_secs(86_400))
                     .await? as u64;
             }

@@ -146,11 +146,11 @@ impl Db {
         })
     }
 
-    /// The sidecar's own commits (claims, outcome writes) stop waiting for
-    /// the WAL flush (`synchronous_commit = off` on its sessions only;
-    /// producers are unaffected). A database crash may then forget the
-    /// last fraction of a second of claims and outcomes: those deliveries
-    /// are sent again (at least once still holds; nothing is lost).
+    /// Commits on these connections stop waiting for the WAL flush
+    /// (`synchronous_commit = off` on these sessions only; producers are
+    /// unaffected). A database crash may then forget their last fraction
+    /// of a second: claims and outcomes lost that way only make deliveries
+    /// due again (at least once still holds; nothing is lost).
     pub fn with_async_commit(mut self) -> Self {
         let options = match self.config.get_options() {
             Some(existing) => format!("{existing} -c synchronous_commit=off"),
