@@ -127,7 +127,8 @@ pub async fn claim(bench: &Bench) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-fn delivered(job: &Job) -> Outcome {
+/// The outcome of a successful attempt at `job`.
+pub(super) fn delivered(job: &Job) -> Outcome {
     Outcome {
         delivery_id: job.delivery_id,
         attempt: job.attempt,
