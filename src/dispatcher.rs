@@ -41,6 +41,10 @@ const IDLE_RECHECKS: [Duration; 2] = [Duration::from_millis(5), Duration::from_m
 const LINGER_POLL: Duration = Duration::from_millis(2);
 const LINGER: Duration = Duration::from_millis(10);
 
+/// How much longer than three poll intervals a row in `outbox.waiting` may
+/// go unrefreshed before other sidecars remove it as left by a crash.
+const WAITING_MARGIN: Duration = Duration::from_secs(30);
+
 /// What one [`Dispatcher::drain`] did.
 struct Drained {
     /// How long to idle before looking again.
@@ -207,7 +211,10 @@ impl Dispatcher {
             backlog = true;
         }
         let wait = self.config.wakeup == Wakeup::Notify && !worked && !lingering;
-        let due = queries.next_due(worker, wait).await?;
+        // It looks again at least every poll interval; the margin covers a
+        // slow database or a reconnect.
+        let refresh = self.config.poll_interval * 3 + WAITING_MARGIN;
+        let due = queries.next_due(worker, wait, refresh).await?;
         let started_waiting = wait && !*in_waiting;
         *in_waiting |= wait;
         let idle = match due {

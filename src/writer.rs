@@ -77,8 +77,9 @@ impl Writer {
         give_up: &CancellationToken,
     ) -> bool {
         let mut backoff = self.db.backoff();
+        let mut retry = false;
         loop {
-            match self.write(queries, batch).await {
+            match self.write(queries, batch, retry).await {
                 Ok(()) => return true,
                 Err(error) => {
                     telemetry::db_error("write_outcomes");
@@ -89,6 +90,7 @@ impl Writer {
                     }
                 }
             }
+            retry = true;
             tokio::select! {
                 _ = give_up.cancelled() => return false,
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -96,7 +98,14 @@ impl Writer {
         }
     }
 
-    async fn write(&self, queries: &mut Option<Queries>, batch: &[Outcome]) -> Result<(), DbError> {
+    /// Writes one batch. On a `retry` the previous try may have landed
+    /// before its answer was lost, so rows it finished are not missing.
+    async fn write(
+        &self,
+        queries: &mut Option<Queries>,
+        batch: &[Outcome],
+        retry: bool,
+    ) -> Result<(), DbError> {
         if queries.as_ref().is_none_or(Queries::is_closed) {
             *queries = Some(Queries::connect(&self.db).await?);
         }
@@ -107,9 +116,16 @@ impl Writer {
             let written = queries
                 .complete(&self.owner, &attempted, self.disable_after)
                 .await?;
-            if written < attempted.len() {
+            let missing = attempted.len() - written;
+            if missing > 0 && retry {
+                tracing::info!(
+                    missing,
+                    "after a retry some outcomes were not written again: the failed try had \
+                     written them, or their lease had expired"
+                );
+            } else if missing > 0 {
                 tracing::warn!(
-                    lost = attempted.len() - written,
+                    lost = missing,
                     "some outcomes were not written: their lease had expired and another claim owns them"
                 );
             }

@@ -14,8 +14,14 @@
 
 -- The sidecar now also stays out of outbox.waiting while work keeps
 -- arriving, so a steady stream of producers skips NOTIFY altogether.
+-- A sidecar that crashed while waiting left its row behind, and producers
+-- went on paying for NOTIFY. Each row now says by when its sidecar will
+-- have refreshed it; waiting sidecars remove rows past that. (Rows of
+-- older sidecars never go stale.)
+ALTER TABLE outbox.waiting ADD COLUMN stale_after timestamptz NOT NULL DEFAULT 'infinity';
+
 COMMENT ON TABLE outbox.waiting IS
-    'Sidecars in notify mode waiting for NOTIFY: a row from when a sidecar has found no work for 10 ms until one of its claims finds some. The insert trigger notifies only while a row exists; a sidecar looks again 5 ms and 50 ms after entering, for producers that checked just before.';
+    'Sidecars in notify mode waiting for NOTIFY: a row from when a sidecar has found no work for 10 ms until one of its claims finds some. The insert trigger notifies only while a row exists; a sidecar looks again 5 ms and 50 ms after entering, for producers that checked just before. A row not refreshed by stale_after was left by a crashed sidecar and is removed by the others.';
 
 DROP INDEX outbox.deliveries_endpoint_status;
 CREATE INDEX deliveries_endpoint_status ON outbox.deliveries (endpoint_id, status)

@@ -260,12 +260,21 @@ impl Queries {
 
     /// How long until the earliest open delivery is due (zero if overdue),
     /// or `None` when nothing is open. With `waiting`, also records that
-    /// `owner` now waits for producers' NOTIFY (see `outbox.waiting`).
-    pub async fn next_due(&self, owner: &str, waiting: bool) -> Result<Option<Duration>, DbError> {
+    /// `owner` now waits for producers' NOTIFY (see `outbox.waiting`),
+    /// promising to look again within `refresh`; rows of other workers
+    /// that broke that promise (crashed sidecars) are removed.
+    pub async fn next_due(
+        &self,
+        owner: &str,
+        waiting: bool,
+        refresh: Duration,
+    ) -> Result<Option<Duration>, DbError> {
+        let refresh = refresh.as_secs_f64();
         let row = within(
             &self.client,
             "looking up the next due delivery",
-            self.client.query_one(&self.next_due, &[&owner, &waiting]),
+            self.client
+                .query_one(&self.next_due, &[&owner, &waiting, &refresh]),
         )
         .await?;
         // Waiting keyed deliveries are due at 'infinity': +inf seconds,

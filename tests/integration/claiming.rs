@@ -114,7 +114,9 @@ async fn claims_skip_disabled_endpoints_until_re_enabled() {
         0
     );
     assert_eq!(
-        q.next_due("w", false).await.unwrap(),
+        q.next_due("w", false, Duration::from_secs(60))
+            .await
+            .unwrap(),
         None,
         "nothing claimable is due"
     );
@@ -151,7 +153,12 @@ async fn a_delivery_scheduled_at_infinity_is_never_due() {
         .await
         .unwrap();
     let q = queries(&db).await;
-    assert_eq!(q.next_due("w", false).await.unwrap(), Some(Duration::MAX));
+    assert_eq!(
+        q.next_due("w", false, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Some(Duration::MAX)
+    );
     assert!(
         q.claim("w", 10, Duration::from_secs(60))
             .await

@@ -501,3 +501,58 @@ async fn a_sidecar_kept_busy_by_a_stream_of_inserts_needs_few_notifications() {
         seen.len()
     );
 }
+
+#[tokio::test]
+async fn a_waiting_row_left_by_a_crashed_sidecar_is_removed() {
+    let db = fresh_db().await;
+    let receiver = ok_receiver(None).await;
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    db.client
+        .batch_execute(
+            "INSERT INTO outbox.waiting (worker_id, stale_after) VALUES
+               ('crashed', now() - interval '1 second'),
+               ('alive-elsewhere', now() + interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    let waiting = || async {
+        db.client
+            .query(
+                "SELECT worker_id FROM outbox.waiting ORDER BY worker_id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let mut cfg = config(&db);
+    cfg.worker_id = "idle-one".into();
+    let sidecar = spawn(cfg);
+    assert!(
+        eventually(WAIT, || async {
+            waiting().await == ["alive-elsewhere", "idle-one"]
+        })
+        .await,
+        "the stale row went, the fresh one stayed: {:?}",
+        waiting().await
+    );
+    // Its own row promises a refresh within three poll intervals and more.
+    let promised: f64 = db
+        .client
+        .query_one(
+            "SELECT extract(epoch FROM stale_after - now())::float8
+             FROM outbox.waiting WHERE worker_id = 'idle-one'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        promised > 3.0 * config(&db).poll_interval.as_secs_f64(),
+        "{promised}"
+    );
+    sidecar.stop().await;
+    assert_eq!(waiting().await, ["alive-elsewhere"]);
+}
