@@ -230,12 +230,6 @@ impl Db {
             }
         });
     }
-
-    /// The raw driver configuration, e.g. for a connection whose messages
-    /// the caller drives itself (LISTEN).
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
-    }
 }
 
 /// Exponential reconnect backoff: 100 ms doubling up to a cap (by default
