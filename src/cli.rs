@@ -229,7 +229,7 @@ pub struct ReplayArgs {
 /// Where the outbox lives.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL connection string, e.g. postgres://user:pass@host/db.
+    /// PostgreSQL connection string, e.g. postgres://user:pass@host/db?sslmode=verify-full (TLS: sslmode, sslrootcert, sslcert, sslkey as in libpq).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }

@@ -86,9 +86,12 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Parses a connection string and describes it without its password.
+/// Parses a connection string and describes it without its password; the
+/// TLS parameters (a mode and file paths) are kept.
 fn redacted(url: &str) -> Option<String> {
-    let config: tokio_postgres::Config = url.parse().ok()?;
+    let split = crate::db::tls::params::split(url).ok()?;
+    let config: tokio_postgres::Config = split.driver.parse().ok()?;
+    let tls: Vec<String> = split.tls.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
@@ -97,12 +100,16 @@ fn redacted(url: &str) -> Option<String> {
             tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
         })
         .collect();
-    Some(format!(
+    let mut described = format!(
         "postgres://{}@{}/{}",
         config.get_user().unwrap_or(""),
         hosts.join(","),
         config.get_dbname().unwrap_or("")
-    ))
+    );
+    if !tls.is_empty() {
+        described = format!("{described}?{}", tls.join("&"));
+    }
+    Some(described)
 }
 
 /// What the retention purge deletes, and how often it looks.
@@ -374,5 +381,16 @@ mod tests {
         let shown = format!("{:?}", config());
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("db.internal"), "{shown}");
+    }
+
+    #[test]
+    fn database_url_debug_shows_the_tls_settings() {
+        let url = DatabaseUrl::new(
+            "postgres://app:hunter2@db.internal/shop?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        );
+        assert_eq!(
+            format!("{url:?}"),
+            "postgres://app@db.internal/shop?sslmode=verify-full&sslrootcert=/etc/ca.pem"
+        );
     }
 }

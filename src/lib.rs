@@ -17,8 +17,9 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`commands`]: `status`, `endpoint`, `replay`, `verify`, `adopt`;
 //! - [`config`]: validated settings;
-//! - [`db`]: connections, embedded migrations (`sql/migrations`) and the
-//!   named queries (`sql/queries`);
+//! - [`db`]: connections (TLS as the URL's `sslmode` asks, [`db::tls`]),
+//!   embedded migrations (`sql/migrations`) and the named queries
+//!   (`sql/queries`);
 //! - [`sidecar`]: wiring and the shutdown sequence of `outboxd run`;
 //! - [`wakeup`]: `LISTEN` or a logical replication slot, with reconnects;
 //! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;

@@ -1,5 +1,6 @@
-//! PostgreSQL access: connecting ([`Db`]), the embedded migrations
-//! ([`migrate`]) and the typed queries the sidecar runs ([`queries`]).
+//! PostgreSQL access: connecting ([`Db`]) over TLS as the connection
+//! string asks ([`tls`]), the embedded migrations ([`migrate`]) and the
+//! typed queries the sidecar runs ([`queries`]).
 //!
 //! Every component that talks to the database owns its own connection (the
 //! listener, the claimer, the outcome writer), so none waits on another and
@@ -7,14 +8,20 @@
 
 pub mod migrate;
 pub mod queries;
+pub mod tls;
 
 use std::fmt;
 use std::time::Duration;
 
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{Client, Connection, NoTls, Socket};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Connection, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseUrl;
+use tls::TlsSettings;
+
+/// The stream of an encrypted connection (a plain one does not use it).
+pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 
 /// Database failures. Delivery failures are never this: they are data.
 ///
@@ -27,6 +34,10 @@ pub enum DbError {
     /// `DATABASE_URL` does not parse.
     #[error("DATABASE_URL is not a valid PostgreSQL connection string: {}", Chain(.0))]
     BadUrl(tokio_postgres::Error),
+    /// The TLS settings of `DATABASE_URL` are wrong, or a certificate file
+    /// they name cannot be used.
+    #[error("DATABASE_URL: {0}")]
+    Tls(#[from] tls::TlsError),
     /// A migration file failed to apply; nothing of the run was committed.
     #[error("migration {name} failed: {}", Chain(.cause))]
     Migration {
@@ -93,7 +104,7 @@ impl DbError {
     /// i.e. whether reconnecting is the cure.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Self::BadUrl(_) => false,
+            Self::BadUrl(_) | Self::Tls(_) => false,
             Self::Unresponsive { .. } => true,
             Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
                 cause.is_closed()
@@ -117,14 +128,22 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Clone)]
 pub struct Db {
     config: tokio_postgres::Config,
+    /// Used when the server and `sslmode` agree on TLS.
+    tls: MakeRustlsConnect,
+    /// What a failed connection attempt was doing (names the sslmode).
+    connect_context: &'static str,
     /// Cap of the reconnect backoff of every component using this database.
     reconnect_max: Duration,
 }
 
 impl Db {
-    /// Parses the URL; connects lazily.
+    /// Parses the URL and reads the certificate files it names; connects
+    /// lazily.
     pub fn new(url: &DatabaseUrl) -> Result<Self, DbError> {
-        let mut config: tokio_postgres::Config = url.expose().parse().map_err(DbError::BadUrl)?;
+        let split = tls::params::split(url.expose()).map_err(tls::TlsError::from)?;
+        let tls = TlsSettings::from_params(&split.tls)?;
+        let mut config: tokio_postgres::Config = split.driver.parse().map_err(DbError::BadUrl)?;
+        config.ssl_mode(tls.driver_mode());
         if config.get_application_name().is_none() {
             config.application_name("outboxd");
         }
@@ -142,6 +161,8 @@ impl Db {
             .tcp_user_timeout(Duration::from_secs(30));
         Ok(Self {
             config,
+            connect_context: tls.connect_context(),
+            tls: tls.connector()?,
             reconnect_max: Backoff::DEFAULT_MAX,
         })
     }
@@ -186,21 +207,28 @@ impl Db {
     /// whole handshake must finish within [`HANDSHAKE_DEADLINE`]: the
     /// driver's connect timeout covers only the TCP connect, and a
     /// connection that dies silently during startup would never finish.
-    pub async fn open(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), DbError> {
-        const CONTEXT: &str = "connecting to PostgreSQL";
-        match tokio::time::timeout(HANDSHAKE_DEADLINE, self.config.connect(NoTls)).await {
-            Ok(opened) => opened.map_err(DbError::during(CONTEXT)),
+    pub async fn open(&self) -> Result<(Client, Connection<Socket, TlsStream>), DbError> {
+        let context = self.connect_context;
+        let connecting = self.config.connect(self.tls.clone());
+        match tokio::time::timeout(HANDSHAKE_DEADLINE, connecting).await {
+            Ok(opened) => opened.map_err(DbError::during(context)),
             Err(_) => Err(DbError::Unresponsive {
-                context: CONTEXT,
+                context,
                 after: HANDSHAKE_DEADLINE,
             }),
         }
     }
 
-    /// The raw driver configuration, e.g. for a connection whose messages
-    /// the caller drives itself (LISTEN).
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+    /// Asks the server, on a new connection in the background, to cancel
+    /// the statement `client` is running.
+    pub fn cancel_in_background(&self, client: &Client) {
+        let cancel = client.cancel_token();
+        let tls = self.tls.clone();
+        tokio::spawn(async move {
+            if let Err(error) = cancel.cancel_query(tls).await {
+                tracing::debug!(%error, "could not cancel an unanswered statement");
+            }
+        });
     }
 }
 

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::{Db, DbError};
 use crate::delivery::{EndpointTls, Job, Outcome, Verdict};
@@ -28,6 +28,8 @@ pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
 /// A connection with the sidecar's statements prepared on it.
 pub struct Queries {
     client: Client,
+    /// For cancelling a statement that outlived its deadline.
+    db: Db,
     claim: Statement,
     complete: Statement,
     release: Statement,
@@ -42,6 +44,7 @@ impl Queries {
         let client = db.connect().await?;
         let prepare = |sql| client.prepare(sql);
         let (claim, complete, release, next_due, leave_waiting, lock_keys) = within(
+            db,
             &client,
             "preparing statements (has `outboxd migrate` run?)",
             async {
@@ -58,6 +61,7 @@ impl Queries {
         .await?;
         Ok(Self {
             client,
+            db: db.clone(),
             claim,
             complete,
             release,
@@ -81,6 +85,7 @@ impl Queries {
     ) -> Result<Vec<Job>, DbError> {
         let limit = limit as i64;
         let rows = within(
+            &self.db,
             &self.client,
             "claiming deliveries",
             self.client
@@ -143,6 +148,7 @@ impl Queries {
         keys.sort_unstable();
         keys.dedup();
         within(
+            &self.db,
             &self.client,
             "writing delivery outcomes",
             self.client.batch_execute("BEGIN"),
@@ -151,6 +157,7 @@ impl Queries {
         let result = async {
             let (endpoints, ordering_keys): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
             within(
+                &self.db,
                 &self.client,
                 "locking ordering keys",
                 self.client
@@ -161,6 +168,7 @@ impl Queries {
                 .complete_statement(owner, outcomes, disable_after)
                 .await?;
             within(
+                &self.db,
                 &self.client,
                 "committing delivery outcomes",
                 self.client.batch_execute("COMMIT"),
@@ -210,6 +218,7 @@ impl Queries {
             disable.push(outcome.disable_endpoint.as_deref());
         }
         let rows = within(
+            &self.db,
             &self.client,
             "writing delivery outcomes",
             self.client.query(
@@ -238,6 +247,7 @@ impl Queries {
     /// down).
     pub async fn leave_waiting(&self, owner: &str) -> Result<(), DbError> {
         within(
+            &self.db,
             &self.client,
             "leaving outbox.waiting",
             self.client.execute(&self.leave_waiting, &[&owner]),
@@ -250,6 +260,7 @@ impl Queries {
     pub async fn release(&self, owner: &str, claims: &[(i64, i32)]) -> Result<usize, DbError> {
         let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
         let rows = within(
+            &self.db,
             &self.client,
             "releasing claimed deliveries",
             self.client.query(&self.release, &[&owner, &ids, &attempts]),
@@ -271,6 +282,7 @@ impl Queries {
     ) -> Result<Option<Duration>, DbError> {
         let refresh = refresh.as_secs_f64();
         let row = within(
+            &self.db,
             &self.client,
             "looking up the next due delivery",
             self.client
@@ -290,6 +302,7 @@ impl Queries {
 /// background) to cancel it, so that a slow but alive server does not go
 /// on working for a client that left.
 async fn within<T>(
+    db: &Db,
     client: &Client,
     context: &'static str,
     statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
@@ -297,12 +310,7 @@ async fn within<T>(
     match tokio::time::timeout(STATEMENT_DEADLINE, statement).await {
         Ok(result) => result.map_err(DbError::during(context)),
         Err(_) => {
-            let cancel = client.cancel_token();
-            tokio::spawn(async move {
-                if let Err(error) = cancel.cancel_query(NoTls).await {
-                    tracing::debug!(%error, "could not cancel an unanswered statement");
-                }
-            });
+            db.cancel_in_background(client);
             Err(DbError::Unresponsive {
                 context,
                 after: STATEMENT_DEADLINE,

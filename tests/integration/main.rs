@@ -9,6 +9,7 @@ mod bench;
 mod claiming;
 mod cli;
 mod container;
+mod database_tls;
 mod delivery;
 mod demo;
 mod deploy;

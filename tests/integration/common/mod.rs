@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod tls;
+pub mod tls_postgres;
 
 use std::future::Future;
 use std::sync::OnceLock;
