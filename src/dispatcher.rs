@@ -297,6 +297,7 @@ fn release(job: &Job) -> Outcome {
     Outcome {
         delivery_id: job.delivery_id,
         attempt: job.attempt,
+        leased_until: job.leased_until,
         endpoint_id: job.endpoint_id.clone(),
         ordering_key: job.ordering_key.clone(),
         verdict: Verdict::Release,

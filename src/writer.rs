@@ -11,7 +11,7 @@
 //! sent again: at least once, never lost.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -69,18 +69,52 @@ impl Writer {
         }
     }
 
-    /// Writes one batch, retrying until it lands or `give_up` fires.
+    /// Writes one batch, retrying until it lands or `give_up` fires. A
+    /// batch the database refuses for its data (which retrying cannot
+    /// change) is written one outcome at a time, so that one bad outcome
+    /// cannot hold up the others; an outcome refused on its own is dropped
+    /// and its delivery is sent again when its lease ends.
     async fn flush(
         &self,
         queries: &mut Option<Queries>,
         batch: &[Outcome],
         give_up: &CancellationToken,
     ) -> bool {
+        let error = match self.flush_until_written(queries, batch, give_up).await {
+            Flushed::Written => return true,
+            Flushed::GaveUp => return false,
+            Flushed::Refused(error) => error,
+        };
+        if let [outcome] = batch {
+            refused(outcome, &error);
+            return true;
+        }
+        tracing::warn!(%error, outcomes = batch.len(), "the database refused a batch of outcomes; writing them one by one");
+        for outcome in batch {
+            match self
+                .flush_until_written(queries, std::slice::from_ref(outcome), give_up)
+                .await
+            {
+                Flushed::Written => {}
+                Flushed::GaveUp => return false,
+                Flushed::Refused(error) => refused(outcome, &error),
+            }
+        }
+        true
+    }
+
+    async fn flush_until_written(
+        &self,
+        queries: &mut Option<Queries>,
+        batch: &[Outcome],
+        give_up: &CancellationToken,
+    ) -> Flushed {
         let mut backoff = self.db.backoff();
         let mut retry = false;
         loop {
             match self.write(queries, batch, retry).await {
-                Ok(()) => return true,
+                Ok(()) => return Flushed::Written,
+                Err(error) if error.is_data_error() => return Flushed::Refused(error),
                 Err(error) => {
                     telemetry::db_error("write_outcomes");
                     tracing::warn!(%error, outcomes = batch.len(), "writing outcomes failed; retrying");
@@ -92,7 +126,7 @@ impl Writer {
             }
             retry = true;
             tokio::select! {
-                _ = give_up.cancelled() => return false,
+                _ = give_up.cancelled() => return Flushed::GaveUp,
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
@@ -131,9 +165,9 @@ impl Writer {
             }
         }
         if !released.is_empty() {
-            let claims: Vec<(i64, i32)> = released
+            let claims: Vec<(i64, i32, SystemTime)> = released
                 .iter()
-                .map(|o| (o.delivery_id, o.attempt))
+                .map(|o| (o.delivery_id, o.attempt, o.leased_until))
                 .collect();
             queries.release(&self.owner, &claims).await?;
         }
@@ -143,4 +177,23 @@ impl Writer {
         self.wake.notify_one();
         Ok(())
     }
+}
+
+/// How [`Writer::flush_until_written`] ended.
+enum Flushed {
+    Written,
+    /// `give_up` fired while the database was unreachable.
+    GaveUp,
+    /// The database refused the data; retrying would not help.
+    Refused(DbError),
+}
+
+fn refused(outcome: &Outcome, error: &DbError) {
+    telemetry::db_error("write_outcomes");
+    tracing::error!(
+        %error,
+        delivery_id = outcome.delivery_id,
+        attempt = outcome.attempt,
+        "the database refused this outcome; the delivery will be sent again when its lease ends"
+    );
 }

@@ -44,11 +44,18 @@ CREATE TRIGGER deliveries_delete_attempts
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION outbox.delete_attempts();
 
-CREATE OR REPLACE FUNCTION outbox.claim(owner text, max_rows bigint, lease_secs double precision)
+-- Each claim now also returns its lease expiry, which names the claim
+-- exactly: claims no longer wait for the WAL flush, so a database crash
+-- can forget one, and the same worker may then claim the row again with
+-- the same attempt number. Outcome writes and releases match the lease
+-- too, so the forgotten claim's outcome cannot land on the new one.
+DROP FUNCTION outbox.claim(text, bigint, double precision);
+CREATE FUNCTION outbox.claim(owner text, max_rows bigint, lease_secs double precision)
 RETURNS TABLE (id bigint, attempts integer, schedule_attempt integer, endpoint_id text,
                ordering_key text, event_id text, event_type text, payload text, url text,
                secrets text[], timeout_ms integer, headers text, age_secs double precision,
-               ca_pem text, client_cert_pem text, client_key_pem text)
+               ca_pem text, client_cert_pem text, client_key_pem text,
+               leased_until timestamptz)
 LANGUAGE plpgsql
 -- The plan is the same for every call; planning it each time cost more
 -- than running it.
@@ -130,7 +137,8 @@ BEGIN
         -- By primary key: a join with the CTE lets the planner hash-join
         -- against a scan of the whole table.
         WHERE d.id = ANY (ARRAY(SELECT due.id FROM due))
-        RETURNING d.id, d.attempts, d.replay_base, d.message_id, d.endpoint_id, d.ordering_key
+        RETURNING d.id, d.attempts, d.replay_base, d.message_id, d.endpoint_id, d.ordering_key,
+                  d.next_attempt_at
     ), spent AS (
         UPDATE outbox.endpoints e
         SET rate_tokens = s.tokens - n.taken,
@@ -154,7 +162,8 @@ BEGIN
            extract(epoch FROM now() - m.created_at)::float8 AS age_secs,
            e.ca_pem,
            e.client_cert_pem,
-           e.client_key_pem
+           e.client_key_pem,
+           c.next_attempt_at
     FROM claimed c
     JOIN outbox.messages m ON m.id = c.message_id
     JOIN outbox.endpoints e ON e.id = c.endpoint_id

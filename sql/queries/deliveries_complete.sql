@@ -1,16 +1,19 @@
 -- Write a batch of attempt outcomes for lease owner $1. Each outcome only
--- lands if the row is still in flight under the same (owner, attempt): a
--- worker whose lease expired and was re-claimed changes nothing, not even
--- the attempts log. The same statement keeps each endpoint's health
+-- lands if the row is still in flight under the same claim (owner,
+-- attempt, lease expiry $13): a worker whose lease expired and was
+-- re-claimed changes nothing, not even the attempts log, and neither does
+-- the outcome of a claim that a database crash forgot (the row may have
+-- been claimed again with the same attempt number). The same statement keeps each endpoint's health
 -- (last success, failure streak) and disables endpoints that answered 410
 -- Gone or have failed every attempt for longer than $12 seconds. Returns
 -- the delivery ids that were written.
 WITH outcome AS (
     SELECT *
     FROM unnest($2::bigint[], $3::int[], $4::text[], $5::float8[], $6::int[], $7::text[],
-                $8::timestamptz[], $9::int[], $10::text[], $11::text[])
+                $8::timestamptz[], $9::int[], $10::text[], $11::text[], $13::timestamptz[])
+         WITH ORDINALITY
          AS o(delivery_id, attempt, status, retry_in_secs, status_code, error,
-              started_at, duration_ms, response_excerpt, disable_reason)
+              started_at, duration_ms, response_excerpt, disable_reason, leased_until, n)
 ), written AS (
     UPDATE outbox.deliveries d
     SET status = o.status,
@@ -26,16 +29,18 @@ WITH outcome AS (
     -- the planner scan the batch once per row instead: quadratic.)
     WHERE d.id = o.delivery_id
       AND d.attempts = o.attempt
+      AND d.next_attempt_at = o.leased_until
       AND d.lease_owner = $1
       AND d.status = 'in_flight'
-    RETURNING d.id, d.attempts, d.endpoint_id
+    -- o.n: the outcome that landed, once even if the batch repeats one.
+    RETURNING d.id, d.endpoint_id, o.n
 ), per_endpoint AS (
     SELECT w.endpoint_id,
            bool_or(o.status = 'delivered') AS succeeded,
            (count(*) FILTER (WHERE o.status <> 'delivered'))::int AS failed,
            max(o.disable_reason) AS disable_reason
     FROM written w
-    JOIN outcome o ON o.delivery_id = w.id AND o.attempt = w.attempts
+    JOIN outcome o ON o.n = w.n
     GROUP BY w.endpoint_id
 ), locked AS (
     -- Lock endpoint rows in id order so concurrent writers cannot deadlock.
@@ -75,5 +80,5 @@ INSERT INTO outbox.attempts
 SELECT o.delivery_id, o.attempt, o.started_at, o.duration_ms, o.status_code, o.error,
        o.response_excerpt, $1
 FROM outcome o
-JOIN written w ON w.id = o.delivery_id AND w.attempts = o.attempt
+JOIN written w ON w.n = o.n
 RETURNING delivery_id

@@ -1,14 +1,16 @@
 -- Hand claimed deliveries back without counting an attempt (shutdown before
 -- or during the request): they are due again at once, for any replica.
+-- Only rows still under the same claim (owner $1, attempt, lease expiry).
 UPDATE outbox.deliveries d
 SET status = 'pending',
     attempts = d.attempts - 1,
     next_attempt_at = now(),
     lease_owner = NULL,
     updated_at = now()
-FROM unnest($2::bigint[], $3::int[]) AS r(delivery_id, attempt)
+FROM unnest($2::bigint[], $3::int[], $4::timestamptz[]) AS r(delivery_id, attempt, leased_until)
 WHERE d.id = r.delivery_id
   AND d.attempts = r.attempt
+  AND d.next_attempt_at = r.leased_until
   AND d.lease_owner = $1
   AND d.status = 'in_flight'
 RETURNING d.id

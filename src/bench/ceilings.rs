@@ -61,6 +61,7 @@ fn job(bench: &Bench, payload: &str) -> Job {
     Job {
         delivery_id: 0,
         attempt: 1,
+        leased_until: SystemTime::now(),
         schedule_attempt: 1,
         endpoint_id: "e0".into(),
         ordering_key: None,
@@ -132,6 +133,7 @@ pub(super) fn delivered(job: &Job) -> Outcome {
     Outcome {
         delivery_id: job.delivery_id,
         attempt: job.attempt,
+        leased_until: job.leased_until,
         endpoint_id: job.endpoint_id.clone(),
         ordering_key: job.ordering_key.clone(),
         verdict: Verdict::Delivered,

@@ -117,6 +117,18 @@ impl DbError {
             }
         }
     }
+
+    /// Whether the statement failed on the data it was given (SQLSTATE
+    /// classes 22, data exception, and 23, integrity constraint
+    /// violation): running it again with the same data fails again.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Self::Migration { cause, .. } | Self::Postgres { cause, .. } => cause
+                .code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+            _ => false,
+        }
+    }
 }
 
 /// The longest a connection handshake (TCP, startup, authentication) may

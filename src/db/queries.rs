@@ -98,6 +98,7 @@ impl Queries {
             .map(|row| Job {
                 delivery_id: row.get("id"),
                 attempt: row.get("attempts"),
+                leased_until: row.get("leased_until"),
                 schedule_attempt: row.get("schedule_attempt"),
                 endpoint_id: row.get("endpoint_id"),
                 ordering_key: row.get("ordering_key"),
@@ -200,6 +201,7 @@ impl Queries {
         let mut durations = Vec::with_capacity(n);
         let mut excerpts = Vec::with_capacity(n);
         let mut disable = Vec::with_capacity(n);
+        let mut leases = Vec::with_capacity(n);
         for outcome in outcomes {
             let record = outcome.record.as_ref();
             ids.push(outcome.delivery_id);
@@ -216,6 +218,7 @@ impl Queries {
                 .push(record.map_or(0, |r| r.duration.as_millis().min(i32::MAX as u128) as i32));
             excerpts.push(record.and_then(|r| r.response_excerpt.as_deref()));
             disable.push(outcome.disable_endpoint.as_deref());
+            leases.push(outcome.leased_until);
         }
         let rows = within(
             &self.db,
@@ -236,6 +239,7 @@ impl Queries {
                     &excerpts,
                     &disable,
                     &disable_after.as_secs_f64(),
+                    &leases,
                 ],
             ),
         )
@@ -256,14 +260,22 @@ impl Queries {
         Ok(())
     }
 
-    /// Hands claims back uncounted; returns how many were still ours.
-    pub async fn release(&self, owner: &str, claims: &[(i64, i32)]) -> Result<usize, DbError> {
-        let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
+    /// Hands claims (delivery id, attempt, lease expiry) back uncounted;
+    /// returns how many were still ours.
+    pub async fn release(
+        &self,
+        owner: &str,
+        claims: &[(i64, i32, SystemTime)],
+    ) -> Result<usize, DbError> {
+        let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
+        let attempts: Vec<i32> = claims.iter().map(|c| c.1).collect();
+        let leases: Vec<SystemTime> = claims.iter().map(|c| c.2).collect();
         let rows = within(
             &self.db,
             &self.client,
             "releasing claimed deliveries",
-            self.client.query(&self.release, &[&owner, &ids, &attempts]),
+            self.client
+                .query(&self.release, &[&owner, &ids, &attempts, &leases]),
         )
         .await?;
         Ok(rows.len())

@@ -14,7 +14,7 @@ pub mod outcome;
 pub mod request;
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use outcome::{AttemptRecord, Exchange, Outcome, Verdict};
 pub use request::Deliverer;
@@ -29,6 +29,11 @@ pub struct Job {
     pub delivery_id: i64,
     /// This claim's attempt number, 1-based (fences the outcome write).
     pub attempt: i32,
+    /// This claim's lease expiry, as the database wrote it. With the owner
+    /// and the attempt it names exactly this claim (fences the outcome
+    /// write): a claim a database crash forgot may be followed by another
+    /// with the same attempt number, never with the same lease.
+    pub leased_until: SystemTime,
     /// The attempt's place in the retry schedule, 1-based: equal to
     /// `attempt` unless the delivery was replayed, which restarts it.
     pub schedule_attempt: i32,

@@ -76,6 +76,8 @@ pub struct Outcome {
     pub delivery_id: i64,
     /// The attempt number of the claim (fences the write).
     pub attempt: i32,
+    /// The claim's lease expiry (fences the write; see [`super::Job`]).
+    pub leased_until: SystemTime,
     /// The endpoint, for logs and the 410 rule.
     pub endpoint_id: String,
     /// The delivery's ordering key: finishing it may release the next one

@@ -65,6 +65,7 @@ impl Deliverer {
         Outcome {
             delivery_id: job.delivery_id,
             attempt: job.attempt,
+            leased_until: job.leased_until,
             endpoint_id: job.endpoint_id.clone(),
             ordering_key: job.ordering_key.clone(),
             verdict: judgement.verdict,

@@ -13,6 +13,8 @@ use crate::harness::*;
 const OUTAGE: Duration = Duration::from_secs(3);
 /// Messages inserted before each stop.
 const BACKLOG: i64 = 3000;
+/// Requests in flight, and rows per claim.
+const CONCURRENCY: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_postgres_restart_mid_stream_loses_and_double_counts_nothing() {
@@ -50,7 +52,7 @@ async fn survives_restarts(modes: &[&'static str]) {
         .env("OUTBOXD_POLL_INTERVAL", "60s")
         .env("OUTBOXD_RECONNECT_MAX", "1s")
         .env("OUTBOXD_LEASE", "30s")
-        .env("OUTBOXD_CONCURRENCY", "16")
+        .env("OUTBOXD_CONCURRENCY", &CONCURRENCY.to_string())
         .spawn();
     let mut client = cluster.db.connect().await;
     let mut total = 0;
@@ -64,15 +66,27 @@ async fn survives_restarts(modes: &[&'static str]) {
 
     let per_id = receipts(&receiver);
     assert_eq!(per_id.len() as i64, total, "nothing lost");
-    assert_eq!(
-        extra_receipts(&per_id),
-        0,
-        "the lease outlived the outage: no re-sends"
+    // Claims do not wait for the WAL flush, so a crash (immediate stop)
+    // may forget the last ones: those rows are sent again. Every outcome
+    // write flushes all claims before it, so at most the claims since the
+    // last write are forgotten: a few batches. A fast stop forgets none,
+    // and the lease outlives the outage, so nothing is sent twice.
+    let crashes = modes.iter().filter(|m| **m == "immediate").count();
+    let extra = extra_receipts(&per_id);
+    eprintln!("{extra} deliveries sent twice after {crashes} crashes");
+    assert!(
+        extra <= crashes * 4 * CONCURRENCY,
+        "{extra} re-sends after {crashes} crashes"
     );
+    if crashes == 0 {
+        assert_eq!(extra, 0, "the lease outlived the outage: no re-sends");
+    }
+    // A forgotten claim's outcome cannot land (the row was claimed again,
+    // with another lease), so its request is the one not logged.
     assert_eq!(
         attempt_rows(&client).await,
-        receiver.count() as i64,
-        "every request's outcome written exactly once"
+        (receiver.count() - extra) as i64,
+        "every request's outcome written once, except those of forgotten claims"
     );
 }
 

@@ -1,13 +1,17 @@
 //! Claims: batch limits, lease expiry and fencing, concurrent sidecars.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use outboxd::config::DatabaseUrl;
 use outboxd::db::Db;
 use outboxd::db::queries::Queries;
-use outboxd::delivery::{AttemptRecord, Outcome, Verdict};
+use outboxd::delivery::{AttemptRecord, Job, Outcome, Verdict};
 use outboxd::signature::Secret;
+use outboxd::writer::Writer;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
@@ -30,10 +34,12 @@ async fn insert_many(db: &TestDb, n: i32) {
         .unwrap();
 }
 
-fn outcome(delivery_id: i64, attempt: i32, verdict: Verdict, status: u16) -> Outcome {
+/// The outcome of one attempt at `job`.
+fn outcome(job: &Job, verdict: Verdict, status: u16) -> Outcome {
     Outcome {
-        delivery_id,
-        attempt,
+        delivery_id: job.delivery_id,
+        attempt: job.attempt,
+        leased_until: job.leased_until,
         endpoint_id: "e".into(),
         ordering_key: None,
         verdict,
@@ -215,26 +221,22 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
     let job_b = &claimed_by_b[0];
     assert_eq!((job_b.delivery_id, job_b.attempt), (job_a.delivery_id, 2));
     let written = b
-        .complete(
-            "worker-b",
-            &[&outcome(job_b.delivery_id, 2, Verdict::Delivered, 200)],
-            DAY,
-        )
+        .complete("worker-b", &[&outcome(job_b, Verdict::Delivered, 200)], DAY)
         .await
         .unwrap();
     assert_eq!(written, 1);
 
     // A finally finishes: its failure must change nothing.
-    let stale = outcome(job_a.delivery_id, 1, Verdict::Retry(Duration::ZERO), 500);
+    let stale = outcome(job_a, Verdict::Retry(Duration::ZERO), 500);
     assert_eq!(a.complete("worker-a", &[&stale], DAY).await.unwrap(), 0);
     assert_eq!(
-        a.release("worker-a", &[(job_a.delivery_id, 1)])
+        a.release("worker-a", &[(job_a.delivery_id, 1, job_a.leased_until)])
             .await
             .unwrap(),
         0
     );
-    // Nor may A, by some bug, write with B's attempt number.
-    let forged = outcome(job_a.delivery_id, 2, Verdict::Dead, 500);
+    // Nor may A, by some bug, write B's claim.
+    let forged = outcome(job_b, Verdict::Dead, 500);
     assert_eq!(a.complete("worker-a", &[&forged], DAY).await.unwrap(), 0);
 
     let row = db
@@ -261,6 +263,122 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
         logged,
         [(2, Some("worker-b".to_owned()))],
         "only the owner's attempt is logged, with the owner's name"
+    );
+}
+
+#[tokio::test]
+async fn the_outcome_of_a_claim_a_crash_forgot_does_not_land_on_the_next_claim() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    insert_many(&db, 1).await;
+    let q = queries(&db).await;
+    let forgotten = q.claim("w", 10, Duration::from_secs(60)).await.unwrap();
+    // What a crash does to a claim that never reached the disk: the row is
+    // back as it was before it.
+    db.client
+        .batch_execute(
+            "UPDATE outbox.deliveries
+             SET status = 'pending', attempts = 0, lease_owner = NULL, next_attempt_at = now()",
+        )
+        .await
+        .unwrap();
+    let again = q.claim("w", 10, Duration::from_secs(60)).await.unwrap();
+    let (old, new) = (&forgotten[0], &again[0]);
+    assert_eq!(
+        (old.delivery_id, old.attempt),
+        (new.delivery_id, new.attempt)
+    );
+    assert_ne!(old.leased_until, new.leased_until);
+
+    // Both requests went out; their outcomes meet in one batch.
+    let late = outcome(old, Verdict::Retry(Duration::ZERO), 500);
+    let current = outcome(new, Verdict::Delivered, 200);
+    let written = q.complete("w", &[&late, &current], DAY).await.unwrap();
+    assert_eq!(written, 1, "only the current claim's outcome lands");
+    assert_eq!(
+        q.release("w", &[(old.delivery_id, old.attempt, old.leased_until)])
+            .await
+            .unwrap(),
+        0
+    );
+    let row = db
+        .client
+        .query_one(
+            "SELECT d.status, d.last_status_code, (SELECT count(*) FROM outbox.attempts)
+             FROM outbox.deliveries d",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "delivered");
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(200));
+    assert_eq!(row.get::<_, i64>(2), 1, "one attempt logged");
+}
+
+#[tokio::test]
+async fn an_outcome_the_database_refuses_does_not_hold_up_the_others() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    insert_many(&db, 3).await;
+    let jobs = queries(&db)
+        .await
+        .claim("w", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 3);
+    let (sender, outcomes) = tokio::sync::mpsc::channel(8);
+    let writer = Writer::new(
+        Db::new(&DatabaseUrl::new(db.url.clone())).unwrap(),
+        "w".into(),
+        DAY,
+        outcomes,
+        Arc::new(Notify::new()),
+    );
+    // PostgreSQL text cannot hold NUL: this one fails on its data, in
+    // whatever batch it is written.
+    let mut poisoned = outcome(&jobs[1], Verdict::Retry(Duration::ZERO), 500);
+    poisoned.record.as_mut().unwrap().error = Some("bad\0byte".into());
+    for outcome in [
+        outcome(&jobs[0], Verdict::Delivered, 200),
+        poisoned,
+        outcome(&jobs[2], Verdict::Delivered, 200),
+    ] {
+        sender.send(outcome).await.unwrap();
+    }
+    drop(sender);
+    tokio::time::timeout(WAIT, writer.run(CancellationToken::new()))
+        .await
+        .expect("the writer finished instead of retrying forever");
+    let statuses: Vec<(i64, String)> = db
+        .client
+        .query("SELECT id, status FROM outbox.deliveries ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (jobs[0].delivery_id, "delivered".to_owned()),
+            (jobs[1].delivery_id, "in_flight".to_owned()),
+            (jobs[2].delivery_id, "delivered".to_owned()),
+        ],
+        "the refused one waits for its lease to end"
     );
 }
 
