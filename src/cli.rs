@@ -366,13 +366,13 @@ impl RunArgs {
 pub struct HealthcheckArgs {
     /// The sidecar's --admin-addr; 0.0.0.0 (as in containers) is asked on 127.0.0.1.
     #[arg(long, env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
-    admin_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     /// What to ask: /healthz (the process is alive) or /readyz (it can deliver now).
     #[arg(long, default_value = "/healthz")]
-    path: String,
+    pub path: String,
     /// Report unhealthy when there is no answer within this time.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    pub timeout: Duration,
 }
 
 /// Settings of `outboxd demo`.
@@ -434,7 +434,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             crate::sidecar::run(config, args.migrate, shutdown).await?;
             Ok(())
         }
-        Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Healthcheck(args) => commands::healthcheck::run(&args).await,
         Command::Migrate(args) => {
             let db = Db::new(&DatabaseUrl::new(args.database_url))?;
             let mut client = db.connect().await?;
@@ -453,7 +453,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Endpoint(args) => {
             let client = connect(&args.database).await?;
-            endpoint(&client, args.command).await
+            commands::endpoint::execute(&client, args.command).await
         }
         Command::Replay(args) => {
             let client = connect(&args.database).await?;
@@ -467,7 +467,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => commands::verify::run(&args),
         Command::Keygen(args) => commands::keygen::run(&args),
-        Command::Bench(args) => bench(args).await,
+        Command::Bench(args) => commands::bench::run(args).await,
         Command::Adopt(args) => {
             let client = connect(&args.database).await?;
             commands::adopt::adopt(&client, &args).await
@@ -479,118 +479,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// One `GET` over a plain TCP connection: the admin server speaks
-/// HTTP/1.1 on loopback, so no HTTP client (or TLS) is needed.
-async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    if !args.path.starts_with('/') {
-        bail!("--path must start with /, e.g. /healthz");
-    }
-    let mut addr = args.admin_addr;
-    if addr.ip().is_unspecified() {
-        let loopback: std::net::IpAddr = match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        };
-        addr.set_ip(loopback);
-    }
-    let url = format!("http://{addr}{}", args.path);
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n",
-            args.path
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.take(4096).read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(args.timeout, exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("unhealthy: {url} did not answer within {:?}", args.timeout))?
-        .with_context(|| format!("unhealthy: cannot ask {url} (is `outboxd run` up?)"))?;
-    let status = response.split(' ').nth(1).unwrap_or("no status");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b.trim());
-    if !status.starts_with('2') {
-        bail!("unhealthy: {url} answered {status}: {body}");
-    }
-    println!("healthy: {url} answered {status}");
-    Ok(())
-}
-
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    if args.fan_out == 0 || args.fan_out > args.endpoints {
-        bail!(
-            "--fan-out must be between 1 and --endpoints ({})",
-            args.endpoints
-        );
-    }
-    let options = crate::bench::Options {
-        messages: args.messages,
-        replicas: args.replicas.max(1),
-        concurrency: args.concurrency.max(1),
-        batch_size: args.batch_size.max(1),
-        payload_bytes: args.payload_bytes,
-        endpoints: args.endpoints,
-        fan_out: args.fan_out,
-        finished_rows: args.finished_rows,
-        phase_secs: args.phase_secs.max(0.5),
-        database_url: args.database_url,
-        sidecar_bin: std::env::current_exe().context("locating the outboxd executable")?,
-        async_commit: args.async_commit,
-    };
-    let report = crate::bench::run(options).await?;
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{}", report.render());
-    }
-    Ok(())
-}
-
 async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
     let db = Db::new(&DatabaseUrl::new(database.database_url.clone()))?;
     Ok(db.connect().await?)
 }
 
-async fn endpoint(client: &tokio_postgres::Client, command: EndpointCommand) -> anyhow::Result<()> {
-    use commands::endpoint;
-    match command {
-        EndpointCommand::Add {
-            id,
-            url,
-            event_types,
-            secret,
-            timeout,
-        } => {
-            let new = endpoint::NewEndpoint {
-                id,
-                url,
-                event_types,
-                secret,
-                timeout,
-            };
-            endpoint::add(client, new).await
-        }
-        EndpointCommand::List { json } => endpoint::list(client, json).await,
-        EndpointCommand::Enable { id } => endpoint::set_enabled(client, &id, true, None).await,
-        EndpointCommand::Disable { id, reason } => {
-            endpoint::set_enabled(client, &id, false, reason.as_deref()).await
-        }
-        EndpointCommand::RotateSecret {
-            id,
-            secret,
-            drop_old,
-        } => endpoint::rotate_secret(client, &id, secret, drop_old).await,
-        EndpointCommand::Test { id, wait } => endpoint::test(client, &id, wait).await,
-    }
-}
-
-/// Prints the secret on the first line and, for a key pair, the public key
-/// on the second, so scripts can `read` them; the explanation goes to stderr.
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};

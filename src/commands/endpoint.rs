@@ -6,6 +6,7 @@ use anyhow::{Context as _, bail};
 use tokio_postgres::Client;
 
 use super::table;
+use crate::cli::EndpointCommand;
 use crate::db::DbError;
 use crate::signature::Secret;
 
@@ -16,6 +17,39 @@ const ROTATE: &str = include_str!("../../sql/queries/endpoints_rotate_secret.sql
 const DROP_OLD: &str = include_str!("../../sql/queries/endpoints_drop_old_secrets.sql");
 const TEST_SEND: &str = include_str!("../../sql/queries/endpoint_test_send.sql");
 const TEST_RESULT: &str = include_str!("../../sql/queries/endpoint_test_result.sql");
+
+/// Runs one `outboxd endpoint` subcommand.
+pub async fn execute(client: &Client, command: EndpointCommand) -> anyhow::Result<()> {
+    match command {
+        EndpointCommand::Add {
+            id,
+            url,
+            event_types,
+            secret,
+            timeout,
+        } => {
+            let new = NewEndpoint {
+                id,
+                url,
+                event_types,
+                secret,
+                timeout,
+            };
+            add(client, new).await
+        }
+        EndpointCommand::List { json } => list(client, json).await,
+        EndpointCommand::Enable { id } => set_enabled(client, &id, true, None).await,
+        EndpointCommand::Disable { id, reason } => {
+            set_enabled(client, &id, false, reason.as_deref()).await
+        }
+        EndpointCommand::RotateSecret {
+            id,
+            secret,
+            drop_old,
+        } => rotate_secret(client, &id, secret, drop_old).await,
+        EndpointCommand::Test { id, wait } => test(client, &id, wait).await,
+    }
+}
 
 /// A new endpoint.
 #[derive(Debug, Clone)]
