@@ -112,6 +112,7 @@ impl TlsPostgres {
             admin
                 .batch_execute(&format!(
                     "CREATE ROLE certuser LOGIN;
+                     SET password_encryption = 'scram-sha-256';
                      CREATE ROLE scramuser LOGIN PASSWORD '{SCRAM_PASSWORD}';"
                 ))
                 .await
