@@ -23,6 +23,19 @@ async fn queries(db: &TestDb) -> Queries {
         .unwrap()
 }
 
+/// Endpoint "e", pointing where nothing listens: these tests claim and
+/// write outcomes themselves.
+async fn no_receiver_endpoint(db: &TestDb) {
+    add_endpoint(
+        &db.client,
+        "e",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+}
+
 async fn insert_many(db: &TestDb, n: i32) {
     db.client
         .execute(
@@ -57,14 +70,7 @@ fn outcome(job: &Job, verdict: Verdict, status: u16) -> Outcome {
 #[tokio::test]
 async fn a_claim_never_takes_more_rows_than_its_batch() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    no_receiver_endpoint(&db).await;
     db.client
         .execute("UPDATE outbox.endpoints SET max_in_flight = 1000", &[])
         .await
@@ -95,14 +101,7 @@ async fn a_claim_never_takes_more_rows_than_its_batch() {
 #[tokio::test]
 async fn claims_skip_disabled_endpoints_until_re_enabled() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    no_receiver_endpoint(&db).await;
     insert_many(&db, 3).await;
     db.client
         .execute(
@@ -142,14 +141,7 @@ async fn claims_skip_disabled_endpoints_until_re_enabled() {
 #[tokio::test]
 async fn a_delivery_scheduled_at_infinity_is_never_due() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    no_receiver_endpoint(&db).await;
     db.client
         .execute(
             "INSERT INTO outbox.messages (event_id, event_type, payload, deliver_after)
@@ -176,14 +168,7 @@ async fn a_delivery_scheduled_at_infinity_is_never_due() {
 #[tokio::test]
 async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    no_receiver_endpoint(&db).await;
     insert_many(&db, 1).await;
     let (a, b) = (queries(&db).await, queries(&db).await);
 
@@ -269,14 +254,7 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
 #[tokio::test]
 async fn the_outcome_of_a_claim_a_crash_forgot_does_not_land_on_the_next_claim() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    no_receiver_endpoint(&db).await;
     insert_many(&db, 1).await;
     let q = queries(&db).await;
     let forgotten = q.claim("w", 10, Duration::from_secs(60)).await.unwrap();
@@ -325,14 +303,7 @@ async fn the_outcome_of_a_claim_a_crash_forgot_does_not_land_on_the_next_claim()
 #[tokio::test]
 async fn an_outcome_the_database_refuses_does_not_hold_up_the_others() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    no_receiver_endpoint(&db).await;
     insert_many(&db, 3).await;
     let jobs = queries(&db)
         .await
