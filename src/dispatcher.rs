@@ -193,8 +193,8 @@ impl Dispatcher {
             let jobs = queries.claim(worker, want, self.config.lease).await?;
             let full = jobs.len() == want;
             telemetry::claimed(jobs.len());
-            worked |= !jobs.is_empty();
             let found = !jobs.is_empty();
+            worked |= found;
             for job in jobs {
                 let permit = permits.split(1).expect("one permit per claimed row");
                 self.start(job, permit);
