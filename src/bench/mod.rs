@@ -32,7 +32,7 @@ use crate::signature::{Secret, Verifier};
 pub use report::Report;
 
 /// What to measure, and how big.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Messages in the drained backlog.
     pub messages: u64,

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::Bench;
+use super::{Bench, Options};
 use crate::commands::table;
 
 /// Commit-to-receipt percentiles, in milliseconds.
@@ -39,24 +39,8 @@ pub struct Report {
     pub memory_bytes: u64,
     /// `SHOW server_version`.
     pub postgres_version: String,
-    /// Messages drained.
-    pub messages: u64,
-    /// Sidecar processes.
-    pub replicas: u32,
-    /// Requests in flight per sidecar.
-    pub concurrency: usize,
-    /// Rows per claim.
-    pub batch_size: usize,
-    /// Payload size.
-    pub payload_bytes: usize,
-    /// Endpoints.
-    pub endpoints: u32,
-    /// Endpoints per message.
-    pub fan_out: u32,
-    /// Finished rows beside the second claim measurement.
-    pub finished_rows: u64,
-    /// Sidecars ran with `--async-commit`.
-    pub async_commit: bool,
+    /// What was measured, and how big (the run's options).
+    pub options: Options,
     /// Sustained drain rate, outcomes written.
     pub deliveries_per_sec: f64,
     /// Deliveries checked to have arrived exactly once, verified.
@@ -95,20 +79,11 @@ impl Report {
             .query_one("SHOW server_version", &[])
             .await?
             .get(0);
-        let o = &bench.options;
         Ok(Self {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_bytes: memory_bytes(),
             postgres_version: version,
-            messages: o.messages,
-            replicas: o.replicas,
-            concurrency: o.concurrency,
-            batch_size: o.batch_size,
-            payload_bytes: o.payload_bytes,
-            endpoints: o.endpoints,
-            fan_out: o.fan_out,
-            finished_rows: o.finished_rows,
-            async_commit: o.async_commit,
+            options: bench.options.clone(),
             ..Self::default()
         })
     }
@@ -142,14 +117,14 @@ impl Report {
             },
             "claim_ms_empty": self.claim_ms_empty,
             "claim_ms_with_1m_finished": self.claim_ms_with_finished,
-            "finished_rows": self.finished_rows,
+            "finished_rows": self.options.finished_rows,
             "peak_rss_bytes": self.peak_rss_bytes,
             "cpu_ms_per_1k_deliveries": self.cpu_ms_per_1k_deliveries,
             "options": {
-                "messages": self.messages, "replicas": self.replicas, "concurrency": self.concurrency,
-                "batch_size": self.batch_size, "payload_bytes": self.payload_bytes,
-                "endpoints": self.endpoints, "fan_out": self.fan_out,
-                "async_commit": self.async_commit,
+                "messages": self.options.messages, "replicas": self.options.replicas, "concurrency": self.options.concurrency,
+                "batch_size": self.options.batch_size, "payload_bytes": self.options.payload_bytes,
+                "endpoints": self.options.endpoints, "fan_out": self.options.fan_out,
+                "async_commit": self.options.async_commit,
             },
             "machine": {
                 "cores": self.cores,
@@ -226,7 +201,7 @@ impl Report {
                 "claim, beside finished rows",
                 format!(
                     "{:.2} ms ({} rows)",
-                    self.claim_ms_with_finished, self.finished_rows
+                    self.claim_ms_with_finished, self.options.finished_rows
                 ),
             ),
             (
@@ -250,13 +225,13 @@ impl Report {
                 "run",
                 format!(
                     "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), fan-out {}",
-                    self.messages,
-                    self.replicas,
-                    self.concurrency,
-                    self.batch_size,
-                    self.payload_bytes,
-                    self.endpoints,
-                    self.fan_out
+                    self.options.messages,
+                    self.options.replicas,
+                    self.options.concurrency,
+                    self.options.batch_size,
+                    self.options.payload_bytes,
+                    self.options.endpoints,
+                    self.options.fan_out
                 ),
             ),
         ];
