@@ -30,8 +30,14 @@ const BATCH_GATHER: Duration = Duration::from_millis(2);
 
 /// Having gone idle, look again after these delays: producers that checked
 /// `outbox.waiting` while this sidecar was not in it did not NOTIFY, and
-/// may commit just after its last claim.
-const IDLE_RECHECKS: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(50)];
+/// may commit just after its last claim. The first look, at once, finds
+/// rows committed before this sidecar entered `outbox.waiting`; the later
+/// ones, rows of transactions that were still open then.
+const IDLE_RECHECKS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(5),
+    Duration::from_millis(50),
+];
 
 /// In notify mode, after a claim that found work, keep looking this often
 /// for [`LINGER`] instead of waiting in `outbox.waiting`: while rows keep

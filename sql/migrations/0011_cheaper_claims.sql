@@ -21,7 +21,7 @@
 ALTER TABLE outbox.waiting ADD COLUMN stale_after timestamptz NOT NULL DEFAULT 'infinity';
 
 COMMENT ON TABLE outbox.waiting IS
-    'Sidecars in notify mode waiting for NOTIFY: a row from when a sidecar has found no work for 10 ms until one of its claims finds some. The insert trigger notifies only while a row exists; a sidecar looks again 5 ms and 50 ms after entering, for producers that checked just before. A row not refreshed by stale_after was left by a crashed sidecar and is removed by the others.';
+    'Sidecars in notify mode waiting for NOTIFY: a row from when a sidecar has found no work for 10 ms until one of its claims finds some. The insert trigger notifies only while a row exists; a sidecar looks again at once, 5 ms and 50 ms after entering, for producers that checked just before. A row not refreshed by stale_after was left by a crashed sidecar and is removed by the others.';
 
 DROP INDEX outbox.deliveries_endpoint_status;
 CREATE INDEX deliveries_endpoint_status ON outbox.deliveries (endpoint_id, status)
