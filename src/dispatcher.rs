@@ -134,7 +134,7 @@ impl Dispatcher {
                         rechecks = &IDLE_RECHECKS;
                     }
                     if notify && (drained.worked || lingering) {
-                        drained.idle.min(LINGER_POLL)
+                        drained.idle
                     } else if let Some((soon, rest)) = rechecks.split_first() {
                         rechecks = rest;
                         drained.idle.min(*soon)
@@ -216,13 +216,22 @@ impl Dispatcher {
             }
             backlog = true;
         }
-        let wait = self.config.wakeup == Wakeup::Notify && !worked && !lingering;
-        // It looks again at least every poll interval; the margin covers a
-        // slow database or a reconnect.
+        let notify = self.config.wakeup == Wakeup::Notify;
+        if notify && (worked || lingering) {
+            // Looking again within LINGER_POLL anyway: the schedule can wait.
+            return Ok(Drained {
+                idle: LINGER_POLL,
+                worked,
+                started_waiting: false,
+            });
+        }
+        // Idle now: in notify mode it waits for NOTIFY from here on. It
+        // looks again at least every poll interval; the margin covers a slow
+        // database or a reconnect.
         let refresh = self.config.poll_interval * 3 + WAITING_MARGIN;
-        let due = queries.next_due(worker, wait, refresh).await?;
-        let started_waiting = wait && !*in_waiting;
-        *in_waiting |= wait;
+        let due = queries.next_due(worker, notify, refresh).await?;
+        let started_waiting = notify && !*in_waiting;
+        *in_waiting |= notify;
         let idle = match due {
             Some(Duration::ZERO) if !worked => OVERDUE_RECHECK,
             Some(due) => due.min(self.config.poll_interval),
