@@ -436,7 +436,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck(args) => commands::healthcheck::run(&args).await,
         Command::Migrate(args) => {
-            let db = Db::new(&DatabaseUrl::new(args.database_url))?;
+            let db = Db::new(&DatabaseUrl::new(args.database_url))?.with_pinned_search_path();
             let mut client = db.connect().await?;
             let applied = db::migrate::run(&mut client).await?;
             if applied.is_empty() {
@@ -468,18 +468,29 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => commands::verify::run(&args),
         Command::Keygen(args) => commands::keygen::run(&args),
         Command::Bench(args) => commands::bench::run(args).await,
+        // The table is named as the user's search_path resolves it; the
+        // statements only call outbox's own (pinned) functions.
         Command::Adopt(args) => {
-            let client = connect(&args.database).await?;
+            let client = connect_unpinned(&args.database).await?;
             commands::adopt::adopt(&client, &args).await
         }
         Command::Unadopt(args) => {
-            let client = connect(&args.database).await?;
+            let client = connect_unpinned(&args.database).await?;
             commands::adopt::unadopt(&client, &args.table).await
         }
     }
 }
 
+/// A session whose names resolve in `pg_catalog` only (see
+/// [`Db::with_pinned_search_path`]): operators often run commands as a
+/// privileged role.
 async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
+    let db = Db::new(&DatabaseUrl::new(database.database_url.clone()))?.with_pinned_search_path();
+    Ok(db.connect().await?)
+}
+
+/// A session with the user's own `search_path`.
+async fn connect_unpinned(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
     let db = Db::new(&DatabaseUrl::new(database.database_url.clone()))?;
     Ok(db.connect().await?)
 }

@@ -280,6 +280,14 @@ impl Config {
 }
 
 impl Config {
+    /// The longest any request may take: the lease minus the margin the
+    /// outcome write needs. An endpoint's `timeout_ms` above it is capped
+    /// to it, or the lease would expire mid-request and another claim
+    /// would send the same delivery again, in parallel.
+    pub fn longest_request(&self) -> Duration {
+        self.lease.saturating_sub(LEASE_MARGIN)
+    }
+
     /// The effective settings as `name = value` lines, for
     /// `--print-config`; the database password is masked.
     pub fn describe(&self) -> String {

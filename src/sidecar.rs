@@ -81,7 +81,9 @@ pub async fn run(
 ) -> Result<(), SidecarError> {
     config.validate()?;
     let config = Arc::new(config);
-    let mut db = Db::new(&config.database_url)?.with_reconnect_max(config.reconnect_max);
+    let mut db = Db::new(&config.database_url)?
+        .with_reconnect_max(config.reconnect_max)
+        .with_pinned_search_path();
     if config.async_commit {
         db = db.with_async_commit();
     }

@@ -9,6 +9,12 @@
 //! which stops new claims. Only when told to give up (shutdown deadline)
 //! does it drop outcomes, and then the leases expire and the deliveries are
 //! sent again: at least once, never lost.
+//!
+//! A keyed outcome is written under its ordering key's advisory lock, which
+//! producers hold until they commit. The writer only tries that lock: while
+//! someone else holds it, the outcome waits here (tried again with the next
+//! batch, or after a pause of up to a second) and every other outcome is
+//! written as usual.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,6 +29,11 @@ use crate::telemetry;
 
 /// Most outcomes written by one statement.
 pub const MAX_BATCH: usize = 512;
+
+/// How soon outcomes deferred for a held ordering key are tried again; the
+/// pause doubles up to [`DEFER_MAX`] while the key stays held.
+const DEFER_FIRST: Duration = Duration::from_millis(10);
+const DEFER_MAX: Duration = Duration::from_secs(1);
 
 /// Stores outcomes for one lease owner.
 pub struct Writer {
@@ -54,22 +65,52 @@ impl Writer {
     }
 
     /// Writes until every sender is gone and the queue is empty, or until
-    /// `give_up` fires while the database is unreachable.
+    /// `give_up` fires while the database is unreachable (or while
+    /// deferred outcomes still wait for their ordering keys).
     pub async fn run(mut self, give_up: CancellationToken) {
         let mut queries = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while self.outcomes.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            if !self.flush(&mut queries, &batch, &give_up).await {
-                tracing::error!(
+        // Keyed outcomes whose key someone else holds (see
+        // `Queries::complete`), tried again with the next batch or after
+        // `pause`, whichever comes first.
+        let mut deferred: Vec<Outcome> = Vec::new();
+        let mut pause = DEFER_FIRST;
+        let mut closed = false;
+        loop {
+            if deferred.is_empty() {
+                pause = DEFER_FIRST;
+                if closed || self.outcomes.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                    return;
+                }
+            } else {
+                tokio::select! {
+                    received = self.outcomes.recv_many(&mut batch, MAX_BATCH), if !closed => {
+                        closed = received == 0;
+                    }
+                    _ = tokio::time::sleep(pause) => pause = (pause * 2).min(DEFER_MAX),
+                    _ = give_up.cancelled() => {
+                        tracing::error!(
+                            outcomes = deferred.len(),
+                            "gave up waiting for ordering-key locks; these deliveries will be sent again when their leases end"
+                        );
+                        return;
+                    }
+                }
+                batch.append(&mut deferred);
+            }
+            match self.flush(&mut queries, &batch, &give_up).await {
+                Some(later) => deferred = later,
+                None => tracing::error!(
                     outcomes = batch.len(),
                     "gave up writing outcomes; their leases will expire and they will be retried"
-                );
+                ),
             }
             batch.clear();
         }
     }
 
-    /// Writes one batch, retrying until it lands or `give_up` fires. A
+    /// Writes one batch, retrying until it lands or `give_up` fires
+    /// (`None`); returns the outcomes deferred for their ordering keys. A
     /// batch the database refuses for its data (which retrying cannot
     /// change) is written one outcome at a time, so that one bad outcome
     /// cannot hold up the others; an outcome refused on its own is dropped
@@ -79,28 +120,29 @@ impl Writer {
         queries: &mut Option<Queries>,
         batch: &[Outcome],
         give_up: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Vec<Outcome>> {
         let error = match self.flush_until_written(queries, batch, give_up).await {
-            Flushed::Written => return true,
-            Flushed::GaveUp => return false,
+            Flushed::Written(deferred) => return Some(deferred),
+            Flushed::GaveUp => return None,
             Flushed::Refused(error) => error,
         };
         if let [outcome] = batch {
             refused(outcome, &error);
-            return true;
+            return Some(Vec::new());
         }
         tracing::warn!(%error, outcomes = batch.len(), "the database refused a batch of outcomes; writing them one by one");
+        let mut deferred = Vec::new();
         for outcome in batch {
             match self
                 .flush_until_written(queries, std::slice::from_ref(outcome), give_up)
                 .await
             {
-                Flushed::Written => {}
-                Flushed::GaveUp => return false,
+                Flushed::Written(later) => deferred.extend(later),
+                Flushed::GaveUp => return None,
                 Flushed::Refused(error) => refused(outcome, &error),
             }
         }
-        true
+        Some(deferred)
     }
 
     async fn flush_until_written(
@@ -113,7 +155,7 @@ impl Writer {
         let mut retry = false;
         loop {
             match self.write(queries, batch, retry).await {
-                Ok(()) => return Flushed::Written,
+                Ok(deferred) => return Flushed::Written(deferred),
                 Err(error) if error.is_data_error() => return Flushed::Refused(error),
                 Err(error) => {
                     telemetry::db_error("write_outcomes");
@@ -132,25 +174,28 @@ impl Writer {
         }
     }
 
-    /// Writes one batch. On a `retry` the previous try may have landed
-    /// before its answer was lost, so rows it finished are not missing.
+    /// Writes one batch; returns the outcomes deferred for their ordering
+    /// keys. On a `retry` the previous try may have landed before its
+    /// answer was lost, so rows it finished are not missing.
     async fn write(
         &self,
         queries: &mut Option<Queries>,
         batch: &[Outcome],
         retry: bool,
-    ) -> Result<(), DbError> {
+    ) -> Result<Vec<Outcome>, DbError> {
         if queries.as_ref().is_none_or(Queries::is_closed) {
             *queries = Some(Queries::connect(&self.db).await?);
         }
         let queries = queries.as_ref().expect("connected just above");
         let (released, attempted): (Vec<&Outcome>, Vec<&Outcome>) =
             batch.iter().partition(|o| o.verdict == Verdict::Release);
+        let mut deferred = Vec::new();
         if !attempted.is_empty() {
-            let written = queries
+            let completed = queries
                 .complete(&self.owner, &attempted, self.disable_after)
                 .await?;
-            let missing = attempted.len() - written;
+            deferred.extend(completed.deferred.iter().map(|&i| attempted[i].clone()));
+            let missing = attempted.len() - deferred.len() - completed.written;
             if missing > 0 && retry {
                 tracing::info!(
                     missing,
@@ -161,6 +206,12 @@ impl Writer {
                 tracing::warn!(
                     lost = missing,
                     "some outcomes were not written: their lease had expired and another claim owns them"
+                );
+            }
+            if !deferred.is_empty() {
+                tracing::debug!(
+                    outcomes = deferred.len(),
+                    "ordering keys held elsewhere (a producer's open transaction?); writing those outcomes later"
                 );
             }
         }
@@ -175,13 +226,14 @@ impl Writer {
         // the next delivery of its key, and a finished request frees room
         // under an endpoint's cap: look again.
         self.wake.notify_one();
-        Ok(())
+        Ok(deferred)
     }
 }
 
 /// How [`Writer::flush_until_written`] ended.
 enum Flushed {
-    Written,
+    /// Landed, but for these outcomes deferred for their ordering keys.
+    Written(Vec<Outcome>),
     /// `give_up` fired while the database was unreachable.
     GaveUp,
     /// The database refused the data; retrying would not help.

@@ -112,7 +112,8 @@ pub async fn claim(bench: &Bench) -> anyhow::Result<f64> {
                 let refs: Vec<&Outcome> = outcomes.iter().collect();
                 done += writes
                     .complete(&owner, &refs, Duration::from_secs(86_400))
-                    .await? as u64;
+                    .await?
+                    .written as u64;
             }
         });
     }

@@ -247,7 +247,8 @@ async fn register_endpoints(bench: &Bench) -> anyhow::Result<()> {
                     &bench.receiver.url(),
                     &bench.secret.to_whsec(),
                     &types,
-                    &(bench.options.concurrency as i32 * bench.options.replicas as i32),
+                    &((bench.options.concurrency * bench.options.replicas as usize).min(10_000)
+                        as i32),
                 ],
             )
             .await

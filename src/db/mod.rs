@@ -185,12 +185,27 @@ impl Db {
     /// of a second: claims and outcomes lost that way only make deliveries
     /// due again (at least once still holds; nothing is lost).
     pub fn with_async_commit(mut self) -> Self {
+        self.add_option("-c synchronous_commit=off");
+        self
+    }
+
+    /// Names in these sessions resolve in `pg_catalog` (and `pg_temp`)
+    /// only, never through `public` or another schema some role may
+    /// create objects in: a function there that matches a call better
+    /// than the built-in would otherwise run with the sidecar's rights.
+    /// Every outboxd statement qualifies its own objects (`outbox.`).
+    pub fn with_pinned_search_path(mut self) -> Self {
+        self.add_option("-c search_path=pg_catalog,pg_temp");
+        self
+    }
+
+    /// Appends a server setting to the connection's startup options.
+    fn add_option(&mut self, option: &str) {
         let options = match self.config.get_options() {
-            Some(existing) => format!("{existing} -c synchronous_commit=off"),
-            None => "-c synchronous_commit=off".to_owned(),
+            Some(existing) => format!("{existing} {option}"),
+            None => option.to_owned(),
         };
         self.config.options(&options);
-        self
     }
 
     /// Caps the reconnect backoff handed out by [`backoff`](Self::backoff).

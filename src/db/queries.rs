@@ -16,7 +16,7 @@ const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql")
 const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
 const NEXT_DUE: &str = include_str!("../../sql/queries/deliveries_next_due.sql");
 const LEAVE_WAITING: &str = include_str!("../../sql/queries/waiting_leave.sql");
-const LOCK_KEYS: &str = include_str!("../../sql/queries/ordering_keys_lock.sql");
+const TRY_LOCK_KEYS: &str = include_str!("../../sql/queries/ordering_keys_try_lock.sql");
 
 /// The longest any of these statements may take before the connection is
 /// presumed dead and replaced. A healthy server answers in milliseconds
@@ -35,7 +35,7 @@ pub struct Queries {
     release: Statement,
     next_due: Statement,
     leave_waiting: Statement,
-    lock_keys: Statement,
+    try_lock_keys: Statement,
 }
 
 impl Queries {
@@ -43,7 +43,7 @@ impl Queries {
     pub async fn connect(db: &Db) -> Result<Self, DbError> {
         let client = db.connect().await?;
         let prepare = |sql| client.prepare(sql);
-        let (claim, complete, release, next_due, leave_waiting, lock_keys) = within(
+        let (claim, complete, release, next_due, leave_waiting, try_lock_keys) = within(
             db,
             &client,
             "preparing statements (has `outboxd migrate` run?)",
@@ -54,7 +54,7 @@ impl Queries {
                     prepare(RELEASE),
                     prepare(NEXT_DUE),
                     prepare(LEAVE_WAITING),
-                    prepare(LOCK_KEYS)
+                    prepare(TRY_LOCK_KEYS)
                 )
             },
         )
@@ -67,7 +67,7 @@ impl Queries {
             release,
             next_due,
             leave_waiting,
-            lock_keys,
+            try_lock_keys,
         })
     }
 
@@ -123,28 +123,34 @@ impl Queries {
             .collect())
     }
 
-    /// Writes attempted outcomes (not releases) for `owner`, fenced; returns
-    /// how many landed. Outcomes whose lease was lost are silently skipped.
-    /// Endpoints failing every attempt for longer than `disable_after` are
-    /// disabled.
+    /// Writes attempted outcomes (not releases) for `owner`, fenced.
+    /// Outcomes whose lease was lost are silently skipped. Endpoints failing
+    /// every attempt for longer than `disable_after` are disabled.
     ///
     /// Finishing a keyed delivery releases the next of its key; that happens
-    /// under the keys' advisory locks, taken first and in sorted order, as
-    /// producers take them.
+    /// under the key's advisory lock, which producers hold from their insert
+    /// to their commit. The lock is only tried: an outcome whose key someone
+    /// else holds is not written now but returned as deferred, so that a
+    /// long producer transaction (or anyone holding the lock) delays that
+    /// key alone, never the other outcomes.
     pub async fn complete(
         &self,
         owner: &str,
         outcomes: &[&Outcome],
         disable_after: Duration,
-    ) -> Result<usize, DbError> {
+    ) -> Result<Completed, DbError> {
         let mut keys: Vec<(&str, &str)> = outcomes
             .iter()
             .filter_map(|o| Some((o.endpoint_id.as_str(), o.ordering_key.as_deref()?)))
             .collect();
         if keys.is_empty() {
-            return self
+            let written = self
                 .complete_statement(owner, outcomes, disable_after)
-                .await;
+                .await?;
+            return Ok(Completed {
+                written,
+                deferred: Vec::new(),
+            });
         }
         keys.sort_unstable();
         keys.dedup();
@@ -157,17 +163,30 @@ impl Queries {
         .await?;
         let result = async {
             let (endpoints, ordering_keys): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
-            within(
+            let held = within(
                 &self.db,
                 &self.client,
-                "locking ordering keys",
+                "trying the ordering keys' locks",
                 self.client
-                    .execute(&self.lock_keys, &[&endpoints, &ordering_keys]),
+                    .query(&self.try_lock_keys, &[&endpoints, &ordering_keys]),
             )
             .await?;
-            let written = self
-                .complete_statement(owner, outcomes, disable_after)
-                .await?;
+            let held: Vec<(String, String)> =
+                held.iter().map(|row| (row.get(0), row.get(1))).collect();
+            let is_held = |o: &Outcome| {
+                o.ordering_key.as_ref().is_some_and(|key| {
+                    held.iter()
+                        .any(|(endpoint, k)| *endpoint == o.endpoint_id && k == key)
+                })
+            };
+            let (deferred, now): (Vec<usize>, Vec<usize>) =
+                (0..outcomes.len()).partition(|&i| is_held(outcomes[i]));
+            let now: Vec<&Outcome> = now.into_iter().map(|i| outcomes[i]).collect();
+            let written = if now.is_empty() {
+                0
+            } else {
+                self.complete_statement(owner, &now, disable_after).await?
+            };
             within(
                 &self.db,
                 &self.client,
@@ -175,7 +194,7 @@ impl Queries {
                 self.client.batch_execute("COMMIT"),
             )
             .await?;
-            Ok(written)
+            Ok(Completed { written, deferred })
         }
         .await;
         if result.is_err() && !self.client.is_closed() {
@@ -307,6 +326,16 @@ impl Queries {
             .get::<_, Option<f64>>(0)
             .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)))
     }
+}
+
+/// What [`Queries::complete`] did with a batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Completed {
+    /// Outcomes that landed (the others had lost their lease).
+    pub written: usize,
+    /// Positions in the batch of keyed outcomes not written because
+    /// someone else holds their key's lock: write them again shortly.
+    pub deferred: Vec<usize>,
 }
 
 /// Runs `statement` on `client` for at most [`STATEMENT_DEADLINE`]. When the

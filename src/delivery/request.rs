@@ -30,6 +30,8 @@ pub struct Deliverer {
     clients: Arc<Clients>,
     egress: Arc<EgressPolicy>,
     default_timeout: Duration,
+    /// See [`Config::longest_request`].
+    longest_request: Duration,
     retry: RetryPolicy,
 }
 
@@ -43,6 +45,7 @@ impl Deliverer {
             clients: Arc::new(Clients::new(config, egress.clone())?),
             egress,
             default_timeout: config.request_timeout,
+            longest_request: config.longest_request(),
             retry: config.retry.clone(),
         })
     }
@@ -52,7 +55,7 @@ impl Deliverer {
     pub async fn deliver(&self, job: &Job) -> Outcome {
         let started_at = SystemTime::now();
         let clock = Instant::now();
-        let timeout = job.timeout.unwrap_or(self.default_timeout);
+        let timeout = Timeout::for_job(job, self.default_timeout, self.longest_request);
         let (exchange, excerpt) = match self.prepare(job, started_at).await {
             Ok(request) => self.send(request, timeout).await,
             Err(exchange) => (exchange, None),
@@ -164,9 +167,9 @@ impl Deliverer {
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
-        timeout: Duration,
+        timeout: Timeout,
     ) -> (Exchange, Option<String>) {
-        let mut response = match request.timeout(timeout).send().await {
+        let mut response = match request.timeout(timeout.after).send().await {
             Ok(response) => response,
             Err(error) => {
                 let exchange = match egress::refusal_in(&error) {
@@ -220,6 +223,22 @@ async fn read_excerpt(response: &mut reqwest::Response) -> Option<String> {
     Some(String::from_utf8_lossy(&kept).replace('\0', "\u{fffd}"))
 }
 
+/// Headers that belong to HTTP itself: the target, the body's framing and
+/// hop-by-hop ones. An endpoint setting them could send a request to
+/// another virtual host or cut the body short. `outbox.check_endpoint`
+/// refuses them at insert; this refuses rows stored before it did.
+const HTTP_OWN_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
 /// Endpoint headers from `endpoints.headers`; `webhook-*`, content type and
 /// user agent are ours and are set after these, so they cannot be replaced.
 fn extra_headers(json: &str) -> Result<HeaderMap, String> {
@@ -229,6 +248,11 @@ fn extra_headers(json: &str) -> Result<HeaderMap, String> {
     for (name, value) in object {
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("endpoint header {name:?} is not a valid header name"))?;
+        if HTTP_OWN_HEADERS.contains(&header.as_str()) || header.as_str().starts_with("proxy-") {
+            return Err(format!(
+                "endpoint header {name:?} may not be set per endpoint (it belongs to HTTP)"
+            ));
+        }
         let serde_json::Value::String(value) = value else {
             return Err(format!("endpoint header {name:?} must be a string"));
         };
@@ -240,10 +264,35 @@ fn extra_headers(json: &str) -> Result<HeaderMap, String> {
     Ok(headers)
 }
 
+/// How long one attempt may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timeout {
+    after: Duration,
+    /// The endpoint asked for longer than the lease allows.
+    capped: bool,
+}
+
+impl Timeout {
+    /// The endpoint's `timeout_ms`, else `default`, at most `longest`.
+    fn for_job(job: &Job, default: Duration, longest: Duration) -> Self {
+        let wanted = job.timeout.unwrap_or(default);
+        Self {
+            after: wanted.min(longest),
+            capped: wanted > longest,
+        }
+    }
+}
+
 /// A transport error as one line, without the URL (it may carry a token).
-fn describe(error: &reqwest::Error, timeout: Duration) -> String {
+fn describe(error: &reqwest::Error, timeout: Timeout) -> String {
     if error.is_timeout() {
-        return format!("timed out after {}", humantime::format_duration(timeout));
+        let after = humantime::format_duration(timeout.after);
+        return match timeout.capped {
+            false => format!("timed out after {after}"),
+            true => format!(
+                "timed out after {after} (the endpoint's timeout_ms is capped at --lease minus 5s)"
+            ),
+        };
     }
     if let Some(problem) = tls_problem(error) {
         return problem;
@@ -319,5 +368,20 @@ mod tests {
         let err = extra_headers(r#"{"x":"secret\nvalue"}"#).unwrap_err();
         assert!(!err.contains("secret"), "{err}");
         assert!(extra_headers("[]").is_err());
+    }
+
+    #[test]
+    fn extra_headers_refuse_what_belongs_to_http() {
+        for name in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "proxy-authorization",
+        ] {
+            let err = extra_headers(&format!(r#"{{"{name}":"x"}}"#)).unwrap_err();
+            assert!(err.contains("may not be set"), "{name}: {err}");
+        }
+        assert!(extra_headers(r#"{"x-host":"a","authorization":"b"}"#).is_ok());
     }
 }

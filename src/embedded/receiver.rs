@@ -177,8 +177,8 @@ impl Receiver {
         *self.state.count.borrow()
     }
 
-    /// Waits until `done` holds for the requests received, or `timeout`
-    /// passes; says which.
+    /// Waits until `done` holds for the requests received (checked on every
+    /// request and every answer), or `timeout` passes; says which.
     pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
         let mut changes = self.state.count.subscribe();
         let check = async {
@@ -296,6 +296,8 @@ async fn handle(
         tokio::time::sleep(reply.delay).await;
     }
     lock(&state.log)[index].replied_at = Some(SystemTime::now());
+    // Waiters may be waiting for this answer, not only for new requests.
+    state.count.send_modify(|_| ());
     let mut response = hyper::Response::new(Full::new(reply.body));
     *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);

@@ -208,12 +208,19 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
     let written = b
         .complete("worker-b", &[&outcome(job_b, Verdict::Delivered, 200)], DAY)
         .await
-        .unwrap();
+        .unwrap()
+        .written;
     assert_eq!(written, 1);
 
     // A finally finishes: its failure must change nothing.
     let stale = outcome(job_a, Verdict::Retry(Duration::ZERO), 500);
-    assert_eq!(a.complete("worker-a", &[&stale], DAY).await.unwrap(), 0);
+    assert_eq!(
+        a.complete("worker-a", &[&stale], DAY)
+            .await
+            .unwrap()
+            .written,
+        0
+    );
     assert_eq!(
         a.release("worker-a", &[(job_a.delivery_id, 1, job_a.leased_until)])
             .await
@@ -222,7 +229,13 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
     );
     // Nor may A, by some bug, write B's claim.
     let forged = outcome(job_b, Verdict::Dead, 500);
-    assert_eq!(a.complete("worker-a", &[&forged], DAY).await.unwrap(), 0);
+    assert_eq!(
+        a.complete("worker-a", &[&forged], DAY)
+            .await
+            .unwrap()
+            .written,
+        0
+    );
 
     let row = db
         .client
@@ -278,7 +291,11 @@ async fn the_outcome_of_a_claim_a_crash_forgot_does_not_land_on_the_next_claim()
     // Both requests went out; their outcomes meet in one batch.
     let late = outcome(old, Verdict::Retry(Duration::ZERO), 500);
     let current = outcome(new, Verdict::Delivered, 200);
-    let written = q.complete("w", &[&late, &current], DAY).await.unwrap();
+    let written = q
+        .complete("w", &[&late, &current], DAY)
+        .await
+        .unwrap()
+        .written;
     assert_eq!(written, 1, "only the current claim's outcome lands");
     assert_eq!(
         q.release("w", &[(old.delivery_id, old.attempt, old.leased_until)])

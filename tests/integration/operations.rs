@@ -369,7 +369,7 @@ async fn operational_events_are_recorded_and_notified() {
 
 #[tokio::test]
 async fn retention_purges_exactly_the_old_finished_rows() {
-    let mut db = fresh_db().await;
+    let db = fresh_db().await;
     add_endpoint(
         &db.client,
         "p",
@@ -417,7 +417,9 @@ async fn retention_purges_exactly_the_old_finished_rows() {
         dead: Duration::from_secs(30 * 86400),
         every: Duration::from_secs(60),
     };
-    let purged = maintenance::purge_once(&mut db.client, &retention, &CancellationToken::new())
+    // As the sidecar's role, with only the rights docs/security.md grants.
+    let (_, mut sidecar) = login_as(&db, "outbox_sidecar").await;
+    let purged = maintenance::purge_once(&mut sidecar, &retention, &CancellationToken::new())
         .await
         .unwrap();
     // Deliveries: m1, m2, m3 (finished > 7 d) and m4 (dead > 30 d) go; m5
@@ -446,7 +448,7 @@ async fn retention_purges_exactly_the_old_finished_rows() {
         .unwrap()
         .get(0);
     assert_eq!(attempts, 6, "attempts of purged deliveries went with them");
-    let again = maintenance::purge_once(&mut db.client, &retention, &CancellationToken::new())
+    let again = maintenance::purge_once(&mut sidecar, &retention, &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(again, Purged::default(), "a second round finds nothing");

@@ -12,6 +12,8 @@ use outboxd::signature::Secret;
 use crate::common::*;
 use outboxd::embedded::receiver::Received;
 
+mod locks;
+
 /// A receiver whose payloads are `{"key": K, "seq": N}`; it fails about
 /// `fail_percent` of first attempts and answers after `delay`.
 async fn keyed_receiver(fail_percent: u32, delay: Duration) -> Receiver {

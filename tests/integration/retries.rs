@@ -301,3 +301,43 @@ async fn huge_error_bodies_are_cut_to_the_excerpt_cap() {
     assert_eq!(excerpt_len, 4096);
     assert_eq!(status_of(&db, "big-answer").await.0, "delivered");
 }
+
+/// An endpoint's `timeout_ms` longer than the lease allows is capped: the
+/// request ends (and its outcome is written) before the lease does, so no
+/// second claim sends the same delivery while the first is still waiting.
+#[tokio::test]
+async fn an_endpoint_timeout_beyond_the_lease_is_capped() {
+    let db = fresh_db().await;
+    let secret = Secret::generate();
+    let hanging = Receiver::start(None, |_| Reply::ok().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    add_endpoint(&db.client, "slow", &hanging.url(), None, &secret).await;
+    db.client
+        .batch_execute("UPDATE outbox.endpoints SET timeout_ms = 30000")
+        .await
+        .unwrap();
+    let mut config = config(&db);
+    config.request_timeout = Duration::from_secs(2);
+    config.lease = Duration::from_secs(8);
+    config.shutdown_grace = Duration::from_millis(100);
+    let sidecar = spawn(config);
+    insert_message(&db.client, "m", "t", "{}").await;
+    let first_written = eventually(Duration::from_secs(15), || async {
+        !attempts_of(&db, "m").await.is_empty()
+    })
+    .await;
+    let requests = hanging.received();
+    sidecar.stop().await;
+    assert!(first_written, "the first attempt ended within the lease");
+    let (attempt, code, error) = attempts_of(&db, "m").await.remove(0);
+    assert_eq!((attempt, code), (1, None));
+    let error = error.unwrap();
+    assert!(error.starts_with("timed out after 3s"), "{error}");
+    assert!(error.contains("capped at --lease"), "{error}");
+    // Requests never overlapped: each began after the one before ended.
+    for pair in requests.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at).unwrap();
+        assert!(gap >= Duration::from_millis(2900), "{gap:?}");
+    }
+}

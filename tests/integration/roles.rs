@@ -1,37 +1,11 @@
 //! Least privilege: log in as members of `outbox_writer` and
 //! `outbox_sidecar` and check what each may and may not do.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use outboxd::config::DatabaseUrl;
 use outboxd::signature::Secret;
 use tokio_postgres::Client;
 
 use crate::common::*;
-
-static NEXT_ROLE: AtomicU32 = AtomicU32::new(0);
-
-/// A login role that is a member of `group`, with its URL and a connection.
-/// Roles are cluster-wide, so the name is unique per test process.
-async fn login_as(db: &TestDb, group: &str) -> (String, Client) {
-    let name = format!(
-        "{group}_login_{}_{}",
-        std::process::id(),
-        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
-    );
-    db.client
-        .batch_execute(&format!(
-            "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
-        ))
-        .await
-        .unwrap();
-    let mut url = reqwest::Url::parse(&db.url).unwrap();
-    url.set_username(&name).unwrap();
-    url.set_password(Some("pw")).unwrap();
-    let url = url.to_string();
-    let client = connect(&url).await;
-    (url, client)
-}
 
 /// Runs `sql` and expects SQLSTATE 42501 (insufficient_privilege).
 async fn assert_refused(client: &Client, sql: &str) {
@@ -85,7 +59,7 @@ async fn migrating_more_databases_reuses_the_existing_roles() {
         let granted: bool = db
             .client
             .query_one(
-                "SELECT has_table_privilege('outbox_writer', 'outbox.messages', 'INSERT')
+                "SELECT has_column_privilege('outbox_writer', 'outbox.messages', 'payload', 'INSERT')
                     AND has_table_privilege('outbox_sidecar', 'outbox.deliveries', 'SELECT')",
                 &[],
             )
@@ -172,6 +146,12 @@ async fn writer_inserts_and_reads_status_but_nothing_else() {
         "INSERT INTO outbox.deliveries (message_id, endpoint_id, next_attempt_at) VALUES (1, 'e', now())",
         "UPDATE outbox.messages SET event_type = 'x'",
         "DELETE FROM outbox.messages",
+        // Ids come from the sequence: a chosen one would break every later
+        // insert that reaches it, and jump the queue of its ordering key.
+        "INSERT INTO outbox.messages (id, event_id, event_type, payload)
+         OVERRIDING SYSTEM VALUE VALUES (1000, 'w3', 't', '{}')",
+        "INSERT INTO outbox.messages (event_id, event_type, payload, created_at)
+         VALUES ('w4', 't', '{}', now() - interval '1 year')",
         "INSERT INTO outbox.endpoints (id, url, secrets) VALUES ('mine', 'https://example.com', ARRAY['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'])",
         "UPDATE outbox.endpoints SET enabled = false",
         "UPDATE outbox.settings SET max_payload_bytes = 1",
@@ -259,4 +239,93 @@ async fn sidecar_role_runs_outboxd_and_can_do_nothing_else() {
     ] {
         assert_refused(&sidecar_client, sql).await;
     }
+}
+
+/// On PostgreSQL 13 and 14 every role may create objects in `public`. A
+/// writer that shadows a built-in there (with a function whose argument
+/// types match a call better) must not get it run by the sidecar: neither
+/// by the triggers its outcome writes fire nor by its own statements.
+#[tokio::test]
+async fn functions_in_public_never_run_as_the_sidecar() {
+    let db = fresh_db().await;
+    let secret = Secret::generate();
+    let failing = Receiver::start(None, |_| Reply::status(500)).await.unwrap();
+    add_endpoint(&db.client, "e", &failing.url(), None, &secret).await;
+    let (_, app) = login_as(&db, "outbox_writer").await;
+    // PostgreSQL 15 and later no longer grant this by default.
+    db.client
+        .batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+    app.batch_execute(
+        "CREATE TABLE public.loot (who text, what text);
+         GRANT INSERT ON public.loot TO PUBLIC;
+         CREATE FUNCTION public.steal() RETURNS void LANGUAGE sql AS
+           $$ INSERT INTO public.loot SELECT current_user, array_to_string(secrets, ',') FROM outbox.endpoints $$;
+         -- record_event and on_delivery_finished (a delivery going dead):
+         CREATE FUNCTION public.json_build_object(text, bigint, text, text) RETURNS json
+           LANGUAGE plpgsql AS $$ BEGIN PERFORM public.steal(); RETURN '{}'; END $$;
+         CREATE FUNCTION public.jsonb_build_object(text, integer, text, integer, text, text) RETURNS jsonb
+           LANGUAGE plpgsql AS $$ BEGIN PERFORM public.steal(); RETURN '{}'; END $$;
+         -- the sidecar's own statements:
+         CREATE FUNCTION public.make_interval(secs double precision) RETURNS interval
+           LANGUAGE plpgsql AS $$ BEGIN PERFORM public.steal(); RETURN '1 second'; END $$;
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO PUBLIC;",
+    )
+    .await
+    .unwrap();
+    let (url, _) = login_as(&db, "outbox_sidecar").await;
+    let mut config = config(&db);
+    config.database_url = DatabaseUrl::new(url);
+    config.retry =
+        outboxd::retry::RetryPolicy::parse("0s", std::time::Duration::from_secs(1)).unwrap();
+    let sidecar = spawn(config);
+    app.batch_execute(
+        "INSERT INTO outbox.messages (event_id, event_type, payload) VALUES ('m', 't', '{}')",
+    )
+    .await
+    .unwrap();
+    let dead = eventually(WAIT, || async {
+        db.client
+            .query_one(
+                "SELECT count(*) FROM outbox.events WHERE kind = 'delivery.dead'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    sidecar.stop().await;
+    assert!(dead, "the delivery went dead and the event was recorded");
+    let loot: Vec<(String, String)> = db
+        .client
+        .query("SELECT who, what FROM public.loot", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(loot.is_empty(), "the writer's functions ran as {loot:?}");
+}
+
+#[tokio::test]
+async fn every_outbox_function_pins_its_search_path() {
+    let db = fresh_db().await;
+    let unpinned: Vec<String> = db
+        .client
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+             WHERE p.pronamespace = 'outbox'::regnamespace
+               AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(unpinned.is_empty(), "{unpinned:?}");
 }

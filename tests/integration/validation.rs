@@ -8,6 +8,8 @@ use tokio_postgres::error::DbError;
 
 use crate::common::*;
 
+mod limits;
+
 fn whsec(len: usize) -> String {
     format!("whsec_{}", BASE64.encode(vec![7u8; len]))
 }

@@ -81,7 +81,7 @@ async fn bad_mappings_are_clear_errors_at_adopt_time() {
             "outboxevent",
             r#"{"event_type": "kind"}"#,
             "42703",
-            r#"outboxevent has no column "kind" (mapping key "event_type")"#,
+            r#"public.outboxevent has no column "kind" (mapping key "event_type")"#,
         ),
         (
             "outboxevent",
@@ -93,7 +93,7 @@ async fn bad_mappings_are_clear_errors_at_adopt_time() {
             "outboxevent",
             r#"{"deliver_after": "type"}"#,
             "42804",
-            "deliver_after column \"type\" of outboxevent is character varying",
+            "deliver_after column \"type\" of public.outboxevent is character varying",
         ),
         (
             "outboxevent",
@@ -105,9 +105,9 @@ async fn bad_mappings_are_clear_errors_at_adopt_time() {
             "blobs",
             "{}",
             "42804",
-            "payload column \"payload\" of blobs is bytea; it must be jsonb, json or text",
+            "payload column \"payload\" of public.blobs is bytea; it must be jsonb, json or text",
         ),
-        ("recent", "{}", "42809", "recent is not a table"),
+        ("recent", "{}", "42809", "public.recent is not a table"),
         (
             "outbox.messages",
             "{}",
@@ -233,4 +233,54 @@ async fn writers_of_an_adopted_table_need_no_rights_on_the_outbox() {
         ))
         .await
         .unwrap();
+}
+
+/// The generated trigger body used to sit between fixed dollar quotes, so a
+/// column name holding that tag ended the body and ran what followed as
+/// the adopter (often a superuser). Now it is one quoted literal.
+#[tokio::test]
+async fn a_column_name_cannot_inject_sql_into_adopt() {
+    let db = fresh_db().await;
+    let (url, _) = login_as(&db, "outbox_writer").await;
+    let app = reqwest::Url::parse(&url).unwrap().username().to_owned();
+    // 63 bytes, the longest name PostgreSQL keeps.
+    let column = "$body$;GRANT SELECT ON outbox.endpoints TO public;SELECT $body$";
+    assert_eq!(column.len(), 63);
+    db.client
+        .batch_execute(&format!(
+            r#"CREATE TABLE sneaky (id text, "{column}" text, payload jsonb);
+               SET check_function_bodies = off;"#
+        ))
+        .await
+        .unwrap();
+    let mapping = serde_json::json!({ "event_type": column }).to_string();
+    adopt(&db.client, "sneaky", &mapping).await;
+    let granted: bool = db
+        .client
+        .query_one(
+            "SELECT has_table_privilege($1, 'outbox.endpoints', 'SELECT')",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !granted,
+        "the column name granted {app} the endpoints' secrets"
+    );
+    // And the odd column works as the mapping says.
+    db.client
+        .batch_execute(r#"INSERT INTO sneaky VALUES ('s1', 'order.created', '{}')"#)
+        .await
+        .unwrap();
+    let event_type: String = db
+        .client
+        .query_one(
+            "SELECT event_type FROM outbox.messages WHERE event_id = 's1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(event_type, "order.created");
 }

@@ -115,7 +115,7 @@ async fn adopt_command_adopts_backfills_once_and_unadopts() {
     assert_eq!(error.lines().count(), 1, "one clear line: {error}");
     assert!(
         error.starts_with(
-            r#"error: outbox.adopt: events has no column "id" (mapping key "event_id")"#
+            r#"error: outbox.adopt: public.events has no column "id" (mapping key "event_id")"#
         ),
         "{error}"
     );

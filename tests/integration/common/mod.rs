@@ -162,6 +162,31 @@ async fn create_db(cluster: &Cluster, template: &str) -> TestDb {
     TestDb { url, client }
 }
 
+static NEXT_ROLE: AtomicU32 = AtomicU32::new(0);
+
+/// A login role that is a member of `group` (e.g. `outbox_writer`), with
+/// its URL and a connection: the roles a real deployment uses. Roles are
+/// cluster-wide, so the name is unique per test process.
+pub async fn login_as(db: &TestDb, group: &str) -> (String, Client) {
+    let name = format!(
+        "{group}_login_{}_{}",
+        std::process::id(),
+        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
+    );
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
+        ))
+        .await
+        .unwrap();
+    let mut url = reqwest::Url::parse(&db.url).unwrap();
+    url.set_username(&name).unwrap();
+    url.set_password(Some("pw")).unwrap();
+    let url = url.to_string();
+    let client = connect(&url).await;
+    (url, client)
+}
+
 /// Registers an endpoint signing with `secret`.
 pub async fn add_endpoint(
     client: &Client,

@@ -1,0 +1,90 @@
+//! Ordering-key locks are taken by producers until they commit; the outcome
+//! writer only tries them, so a key held elsewhere delays that key alone.
+
+use std::time::Duration;
+
+use outboxd::signature::Secret;
+
+use crate::common::*;
+
+/// A producer's open transaction holds its key's lock (anyone else could
+/// hold it too, with `pg_advisory_lock`). Meanwhile the outcome of that
+/// key's earlier message waits, and every other endpoint's outcomes are
+/// written at once; when the producer commits, the key moves on in order,
+/// each message POSTed once.
+#[tokio::test]
+async fn a_held_ordering_key_delays_only_its_own_outcomes() {
+    let db = fresh_db().await;
+    let secret = Secret::generate();
+    // The keyed endpoint answers its first request late, so that the
+    // producer's transaction is open when that outcome is written.
+    let keyed = Receiver::start(None, |r| {
+        let reply = Reply::ok();
+        match r.json().unwrap()["seq"].as_i64() {
+            Some(1) => reply.delay(Duration::from_millis(500)),
+            _ => reply,
+        }
+    })
+    .await
+    .unwrap();
+    let other = ok_receiver(Some(&secret)).await;
+    add_endpoint(&db.client, "keyed", &keyed.url(), Some(&["a"]), &secret).await;
+    add_endpoint(&db.client, "other", &other.url(), Some(&["b"]), &secret).await;
+    let sidecar = spawn(config(&db));
+    let insert_keyed = |seq: i64| {
+        format!(
+            "INSERT INTO outbox.messages (event_id, event_type, payload, ordering_key)
+             VALUES ('k{seq}', 'a', '{{\"seq\": {seq}}}', 'order-1')"
+        )
+    };
+    db.client.batch_execute(&insert_keyed(1)).await.unwrap();
+    assert!(keyed.wait_until(WAIT, |r| r.len() == 1).await);
+
+    let producer = db.connect().await;
+    producer.batch_execute("BEGIN").await.unwrap();
+    producer.batch_execute(&insert_keyed(2)).await.unwrap();
+    // The first keyed request is answered; its outcome now waits for the
+    // producer's lock.
+    assert!(keyed.wait_until(WAIT, |r| r[0].replied_at.is_some()).await);
+    for i in 0..5 {
+        insert_message(&db.client, &format!("b{i}"), "b", "{}").await;
+    }
+    let others_written = eventually(Duration::from_secs(5), || async {
+        db.client
+            .query_one(
+                "SELECT count(*) FROM outbox.deliveries WHERE endpoint_id = 'other' AND status = 'delivered'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 5
+    })
+    .await;
+    let keyed_head: String = db
+        .client
+        .query_one(
+            "SELECT status FROM outbox.message_status WHERE event_id = 'k1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    producer.batch_execute("COMMIT").await.unwrap();
+    let settled = wait_settled(&db.client, WAIT).await;
+    sidecar.stop().await;
+
+    assert!(
+        others_written,
+        "other endpoints' outcomes were written while the key was held"
+    );
+    assert_eq!(keyed_head, "in_flight", "the held key's outcome waited");
+    assert!(settled);
+    let seqs: Vec<i64> = keyed
+        .received()
+        .iter()
+        .map(|r| r.json().unwrap()["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2], "in order, each once");
+    assert_eq!(other.count(), 5, "each once");
+}
