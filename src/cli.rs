@@ -169,7 +169,8 @@ pub enum EndpointCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
-    /// List endpoints (secrets are never shown).
+    /// List endpoints (secrets are never shown; URL credentials and query
+    /// strings are masked).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
