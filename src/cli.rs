@@ -347,6 +347,7 @@ impl RunArgs {
                 .unwrap_or_else(crate::config::default_worker_id),
             disable_after: self.disable_after,
             admin_addr: (!self.no_admin).then_some(self.admin_addr),
+            admin_limits: Default::default(),
             retention: (!self.no_purge).then_some(Retention {
                 finished: self.retention,
                 dead: self.dead_retention,
