@@ -1,11 +1,21 @@
 //! The admin HTTP server for probes and scrapes: `/metrics` (Prometheus
 //! text), `/healthz` (the process is alive) and `/readyz` (the database
 //! answers and, in notify mode, a `LISTEN` is active). It serves nothing
-//! else and holds no state beyond a probe connection.
+//! else and holds no state beyond a probe connection and the list of open
+//! connections.
+//!
+//! It often listens on every interface (probes come from outside the
+//! container), so it bounds what a client can hold ([`Limits`]): a request
+//! head must arrive within [`HEADER_READ_TIMEOUT`], at most
+//! [`MAX_CONNECTIONS`] are open (a new one closes the oldest, so probes
+//! still get in), and none lives longer than [`MAX_CONNECTION_LIFETIME`].
+//! Idle clients cannot use up the file descriptors that deliveries and
+//! database reconnects need.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -13,7 +23,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +31,37 @@ use crate::db::Db;
 use crate::telemetry;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client has this long from connecting (or from its previous response)
+/// to send a whole request head. Probes and scrapes send theirs at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once; a new one beyond this closes the oldest.
+pub const MAX_CONNECTIONS: usize = 64;
+/// No connection stays open longer, whatever its client does.
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How the admin server keeps clients from holding connections (and file
+/// descriptors, which deliveries and reconnects need) open. The defaults
+/// are the constants above; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// See [`MAX_CONNECTION_LIFETIME`].
+    pub max_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_lifetime: MAX_CONNECTION_LIFETIME,
+        }
+    }
+}
 
 /// What `/readyz` checks.
 pub struct Readiness {
@@ -82,8 +123,14 @@ impl Readiness {
     }
 }
 
-/// Serves until `shutdown`.
-pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, shutdown: CancellationToken) {
+/// Serves until `shutdown`, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let connections = Arc::new(Connections::new(limits.max_connections));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -95,16 +142,84 @@ pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, shutdown: C
                 }
             },
         };
+        let admitted = connections.admit();
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| route(readiness.clone(), request));
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            // Each arm but the last drops the connection, closing it.
             tokio::select! {
                 _ = shutdown.cancelled() => {}
+                _ = admitted.evicted.cancelled() => {}
+                _ = tokio::time::sleep(limits.max_lifetime) => {}
                 _ = connection => {}
             }
         });
+    }
+}
+
+/// The open connections, oldest first. A connection over the cap closes
+/// the oldest rather than being refused: clients holding every slot would
+/// otherwise lock out the probes, and the kubelet would restart a healthy
+/// sidecar.
+struct Connections {
+    max: usize,
+    open: Mutex<BTreeMap<u64, CancellationToken>>,
+    next_id: AtomicU64,
+}
+
+/// A place among [`Connections`], given up when dropped.
+struct Admitted {
+    connections: Arc<Connections>,
+    id: u64,
+    /// Cancelled when newer connections push this one out.
+    evicted: CancellationToken,
+}
+
+impl Connections {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            open: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes room for one more connection (closing the oldest when full).
+    fn admit(self: &Arc<Self>) -> Admitted {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        while open.len() >= self.max {
+            let Some((_, oldest)) = open.pop_first() else {
+                break;
+            };
+            oldest.cancel();
+            tracing::debug!(
+                max = self.max,
+                "admin server full: closed its oldest connection"
+            );
+        }
+        open.insert(id, evicted.clone());
+        Admitted {
+            connections: self.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.connections
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 

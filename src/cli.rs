@@ -169,7 +169,8 @@ pub enum EndpointCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
-    /// List endpoints (secrets are never shown).
+    /// List endpoints (secrets are never shown; URL credentials and query
+    /// strings are masked).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -346,6 +347,7 @@ impl RunArgs {
                 .unwrap_or_else(crate::config::default_worker_id),
             disable_after: self.disable_after,
             admin_addr: (!self.no_admin).then_some(self.admin_addr),
+            admin_limits: Default::default(),
             retention: (!self.no_purge).then_some(Retention {
                 finished: self.retention,
                 dead: self.dead_retention,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::admin;
 use crate::delivery::egress::EgressProxy;
 use crate::retry::{self, RetryPolicy, ScheduleError};
 
@@ -168,6 +169,9 @@ pub struct Config {
     pub disable_after: Duration,
     /// Where the admin server listens; `None`: no admin server.
     pub admin_addr: Option<SocketAddr>,
+    /// The admin server's timeouts and connection cap (not a flag: the
+    /// defaults suit probes and scrapes; tests shorten them).
+    pub admin_limits: admin::Limits,
     /// The retention purge; `None`: keep everything.
     pub retention: Option<Retention>,
     /// Non-public address ranges that endpoints may reach anyway (the SSRF
@@ -232,6 +236,7 @@ impl Config {
             worker_id: default_worker_id(),
             disable_after: parse(defaults::DISABLE_AFTER),
             admin_addr: None,
+            admin_limits: admin::Limits::default(),
             retention: Some(Retention::default()),
             allow_networks: Vec::new(),
             egress_proxy: None,

@@ -130,6 +130,7 @@ pub async fn run(
             Some(tokio::spawn(admin::serve(
                 listener,
                 readiness.clone(),
+                config.admin_limits,
                 stop_listening.clone(),
             )))
         }

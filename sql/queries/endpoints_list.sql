@@ -1,4 +1,5 @@
--- Endpoints for `outboxd endpoint list`, secrets counted, never shown.
+-- Endpoints for `outboxd endpoint list`, secrets counted, never shown (the
+-- command masks URL credentials and query strings).
 SELECT id,
        url,
        enabled,

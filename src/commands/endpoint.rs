@@ -92,14 +92,15 @@ pub async fn add(client: &Client, new: NewEndpoint) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| explain(e, "adding the endpoint"))?;
-    println!("endpoint {} added: {}", new.id, new.url);
+    println!("endpoint {} added: {}", new.id, redacted_url(&new.url));
     if generated {
         println!("signing secret (shown once, give it to the receiver):\n{secret}");
     }
     Ok(())
 }
 
-/// Prints the endpoints (never their secrets).
+/// Prints the endpoints (never their secrets, nor the credentials and
+/// query strings of their URLs).
 pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
     let rows = client
         .query(LIST, &[])
@@ -111,7 +112,7 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
             .map(|r| {
                 serde_json::json!({
                     "id": r.get::<_, String>("id"),
-                    "url": r.get::<_, String>("url"),
+                    "url": redacted_url(r.get("url")),
                     "enabled": r.get::<_, bool>("enabled"),
                     "disabled_reason": r.get::<_, String>("disabled_reason"),
                     "event_types": r.get::<_, String>("event_types"),
@@ -142,7 +143,7 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
         .map(|r| {
             vec![
                 r.get("id"),
-                r.get("url"),
+                redacted_url(r.get("url")),
                 r.get::<_, bool>("enabled").to_string(),
                 r.get("event_types"),
                 r.get::<_, i32>("secrets").to_string(),
@@ -153,6 +154,35 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
         .collect();
     print!("{}", table::render(&header, &cells));
     Ok(())
+}
+
+/// An endpoint URL fit to print: `scheme://host[:port]/path`, with any
+/// user name and password shown as `***@` and any query as `?***` (they
+/// often carry tokens); a fragment is dropped. A URL that does not parse is
+/// not shown at all.
+pub fn redacted_url(url: &str) -> String {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return "<not a valid URL>".to_owned();
+    };
+    let credentials = if url.username().is_empty() && url.password().is_none() {
+        ""
+    } else {
+        "***@"
+    };
+    let query = match url.query() {
+        Some(query) if !query.is_empty() => "?***",
+        _ => "",
+    };
+    let port = url
+        .port()
+        .map(|port| format!(":{port}"))
+        .unwrap_or_default();
+    format!(
+        "{}://{credentials}{}{port}{}{query}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.path()
+    )
 }
 
 /// Enables or disables an endpoint.
@@ -296,4 +326,26 @@ fn explain(error: tokio_postgres::Error, doing: &'static str) -> anyhow::Error {
         };
     }
     DbError::during(doing)(error).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn printed_urls_keep_where_but_not_who_or_what() {
+        for (stored, shown) in [
+            (
+                "https://hooks.example.com/in",
+                "https://hooks.example.com/in",
+            ),
+            ("http://h.example:8080/a/b?", "http://h.example:8080/a/b"),
+            ("https://h.example/?key=k1#top", "https://h.example/?***"),
+            ("https://user@h.example", "https://***@h.example/"),
+            ("https://:pw@h.example:443/x", "https://***@h.example/x"),
+            ("http://token@h.example:99999/", "<not a valid URL>"),
+        ] {
+            assert_eq!(redacted_url(stored), shown, "{stored}");
+        }
+    }
 }

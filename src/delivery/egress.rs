@@ -6,9 +6,12 @@
 //! credentials, `http://10.0.0.5:9200/` pokes an internal service. By
 //! default outboxd refuses every address that is not globally routable
 //! (loopback, RFC 1918, CGNAT, link-local and the metadata address,
-//! unique-local IPv6, multicast, unspecified, reserved, and the IPv4 forms
-//! hidden inside IPv6 addresses); `--allow-network CIDR` opens ranges on
-//! purpose.
+//! unique-local IPv6, multicast, unspecified, broadcast, reserved and
+//! documentation ranges (TEST-NETs, `2001:db8::/32`), the 6to4 relay
+//! anycast `192.88.99/24`, Teredo `2001::/32` and local-use NAT64
+//! `64:ff9b:1::/48`), and judges the IPv4 address hidden in IPv4-mapped,
+//! IPv4-translated (SIIT), IPv4-compatible, NAT64 and 6to4 addresses as
+//! that IPv4 address; `--allow-network CIDR` opens ranges on purpose.
 //!
 //! The check runs on every attempt, after DNS resolution, and the connection
 //! goes to the checked address: [`GuardedResolver`] is the HTTP client's
@@ -65,7 +68,10 @@ pub enum Class {
     Multicast,
     /// `255.255.255.255`.
     Broadcast,
-    /// `240/4`, `192.0.0/24`, `198.18/15` and other special-purpose blocks.
+    /// `240/4`, `192.0.0/24`, `198.18/15`, the TEST-NETs (`192.0.2/24`,
+    /// `198.51.100/24`, `203.0.113/24`), `192.88.99/24` (6to4 relay
+    /// anycast), `100::/64`, `64:ff9b:1::/48` (local-use NAT64),
+    /// `2001::/32` (Teredo), `2001:db8::/32` (documentation).
     Reserved,
 }
 
@@ -279,8 +285,15 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Class> {
         (224..=239, ..) => Class::Multicast,
         (255, 255, 255, 255) => Class::Broadcast,
         // 240/4 future use; 192.0.0/24 IETF assignments (also an old
-        // metadata address); 198.18/15 benchmarking.
-        (240..=255, ..) | (192, 0, 0, _) | (198, 18..=19, ..) => Class::Reserved,
+        // metadata address); 198.18/15 benchmarking; the documentation
+        // TEST-NETs; 192.88.99/24 6to4 relay anycast (deprecated, and a
+        // relay would forward into IPv6 on our behalf).
+        (240..=255, ..)
+        | (192, 0, 0 | 2, _)
+        | (198, 18..=19, ..)
+        | (198, 51, 100, _)
+        | (203, 0, 113, _)
+        | (192, 88, 99, _) => Class::Reserved,
         _ => return None,
     })
 }
@@ -299,20 +312,27 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Class> {
         [s, ..] if s & 0xffc0 == 0xfec0 => Class::UniqueLocal,
         [s, ..] if s & 0xffc0 == 0xfe80 => Class::LinkLocal,
         [s, ..] if s & 0xff00 == 0xff00 => Class::Multicast,
-        // 100::/64 discard-only.
-        [0x0100, 0, 0, 0, ..] => Class::Reserved,
+        // 100::/64 discard-only; 64:ff9b:1::/48 local-use NAT64 (RFC
+        // 8215: the IPv4 address may sit anywhere, and the translator is
+        // inside some network); 2001::/32 Teredo (a relay tunnels to an
+        // IPv4 address); 2001:db8::/32 documentation.
+        [0x0100, 0, 0, 0, ..]
+        | [0x0064, 0xff9b, 0x0001, ..]
+        | [0x2001, 0x0000, ..]
+        | [0x2001, 0x0db8, ..] => Class::Reserved,
         _ => return None,
     })
 }
 
 /// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`),
-/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4
-/// (`2002:aabb:ccdd::`) address: each can reach that IPv4 address.
+/// IPv4-translated (SIIT, `::ffff:0:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:aabb:ccdd::`)
+/// address: each can reach that IPv4 address.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let low = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
-        [0, 0, 0, 0, 0, 0xffff, ..] => Some(low()),
+        [0, 0, 0, 0, 0, 0xffff, ..] | [0, 0, 0, 0, 0xffff, 0, ..] => Some(low()),
         // `::` and `::1` are IPv6's own unspecified and loopback addresses.
         [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => Some(low()),
         [0x0064, 0xff9b, 0, 0, 0, 0, ..] => Some(low()),

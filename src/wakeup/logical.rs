@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -82,8 +83,17 @@ pub async fn check(client: &Client) -> Result<(), LogicalError> {
     Ok(())
 }
 
+/// Longest slot name PostgreSQL keeps (`NAMEDATALEN - 1`).
+const SLOT_NAME_MAX: usize = 63;
+/// Hex digits of the worker id's hash in a shortened slot name.
+const SLOT_HASH_DIGITS: usize = 16;
+
 /// A slot name for this process: `outboxd_` and the worker id, reduced to
-/// what slot names allow (lower-case letters, digits, underscores; 63).
+/// what slot names allow (lower-case letters, digits, underscores; 63
+/// bytes). A longer name keeps its beginning and ends in `_` and a hash of
+/// the whole worker id: replicas of a long Deployment name differ only at
+/// the end (pod suffix, pid), and two sidecars on one slot name would
+/// fight over it.
 pub fn slot_name(worker_id: &str) -> String {
     let cleaned: String = worker_id
         .chars()
@@ -93,7 +103,14 @@ pub fn slot_name(worker_id: &str) -> String {
         })
         .collect();
     let mut name = format!("outboxd_{cleaned}");
-    name.truncate(63);
+    if name.len() > SLOT_NAME_MAX {
+        let digest = Sha256::digest(worker_id.as_bytes());
+        let hash: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        // Every character is ASCII, so any byte index is a char boundary.
+        name.truncate(SLOT_NAME_MAX - 1 - SLOT_HASH_DIGITS);
+        name.push('_');
+        name.push_str(&hash[..SLOT_HASH_DIGITS]);
+    }
     name
 }
 
@@ -179,9 +196,32 @@ async fn poll_slot(
 mod tests {
     use super::slot_name;
 
+    fn valid(name: &str) -> bool {
+        name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    }
+
     #[test]
     fn slot_names_are_valid_and_recognisable() {
         assert_eq!(slot_name("web-7f9.Pod-2"), "outboxd_web_7f9_pod_2");
-        assert_eq!(slot_name(&"x".repeat(100)).len(), 63);
+        assert!(valid(&slot_name(&"x".repeat(100))));
+    }
+
+    #[test]
+    fn long_worker_ids_that_differ_at_the_end_get_different_slots() {
+        // A pod of a long Deployment name: only the replica suffix, the pid
+        // and the random part tell replicas apart.
+        let base = "shop-orders-webhook-dispatcher-production-eu-west-1-7d9f8b6c5d";
+        let (a, b) = (
+            slot_name(&format!("{base}-x2x9z-1-00af")),
+            slot_name(&format!("{base}-k4j7q-1-00af")),
+        );
+        assert!(valid(&a) && valid(&b), "{a} {b}");
+        assert_ne!(a, b);
+        assert!(a.starts_with("outboxd_shop_orders_webhook"), "{a}");
+        // Not a prefix of the id of some other worker either.
+        assert_ne!(slot_name(&"y".repeat(63)), slot_name(&"y".repeat(64)));
     }
 }

@@ -150,6 +150,49 @@ async fn endpoint_commands_manage_endpoints_without_showing_secrets() {
 }
 
 #[tokio::test]
+async fn endpoint_list_hides_url_credentials_and_query_tokens() {
+    let db = fresh_db().await;
+    let added = outboxd(
+        &db,
+        &[
+            "endpoint",
+            "add",
+            "crm",
+            "https://hook-user:pa55-word@hooks.example.com:8443/in/crm?token=tok-9f8e7d&v=2#frag-x",
+        ],
+    )
+    .await;
+    assert!(added.status.success(), "{}", stderr(&added));
+    add_endpoint(
+        &db.client,
+        "plain",
+        "http://[2606:4700::1111]/hook",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    let shown = "https://***@hooks.example.com:8443/in/crm?***";
+
+    let table = stdout(&outboxd(&db, &["endpoint", "list"]).await);
+    let json = stdout(&outboxd(&db, &["endpoint", "list", "--json"]).await);
+    for (what, text) in [
+        ("add", stdout(&added)),
+        ("list", table.clone()),
+        ("list --json", json.clone()),
+    ] {
+        for secret in ["hook-user", "pa55-word", "tok-9f8e7d", "v=2", "frag-x"] {
+            assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+        }
+    }
+    assert!(table.contains(shown), "{table}");
+    assert!(table.contains("http://[2606:4700::1111]/hook"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json[0]["id"], "crm");
+    assert_eq!(json[0]["url"], shown);
+    assert_eq!(json[1]["url"], "http://[2606:4700::1111]/hook");
+}
+
+#[tokio::test]
 async fn endpoint_test_goes_through_the_running_sidecar() {
     let db = fresh_db().await;
     let secret = Secret::generate();

@@ -1,8 +1,9 @@
 //! The deployment examples under `deploy/` parse, and say only true
 //! things about outboxd: the settings their containers pass are outboxd's
 //! own and pass its validation, probes hit the real paths on the real
-//! port, files they mount exist, and every metric the Grafana dashboard
-//! queries is exported, with the labels it uses.
+//! port, files they mount exist, the application and outboxd log in as
+//! different roles, and every metric the Grafana dashboard queries is
+//! exported, with the labels it uses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -168,6 +169,12 @@ fn image_healthcheck() -> Vec<String> {
     serde_json::from_str(cmd).unwrap()
 }
 
+/// The (Secret, key) a `valueFrom` reads, `(Null, Null)` for none.
+fn secret_ref(value_from: &Value) -> (Value, Value) {
+    let reference = &value_from["secretKeyRef"];
+    (reference["name"].clone(), reference["key"].clone())
+}
+
 #[test]
 fn kubernetes_sidecar_probes_and_configures_outboxd_correctly() {
     let docs = yaml_documents(&deploy_file("kubernetes/outboxd-sidecar.yaml"));
@@ -215,6 +222,24 @@ fn kubernetes_sidecar_probes_and_configures_outboxd_correctly() {
         from_secret["valueFrom"]["secretKeyRef"]["name"].is_string(),
         "DATABASE_URL comes from a Secret"
     );
+    let sidecar_login = secret_ref(&from_secret["valueFrom"]);
+    for container in containers.iter().filter(|c| c["name"] != "outboxd") {
+        let name = text(&container["name"]);
+        for var in container["env"].as_array().into_iter().flatten() {
+            assert_ne!(
+                secret_ref(&var["valueFrom"]),
+                sidecar_login,
+                "{name} reads outboxd's database login into {}: the application logs in as an outbox_writer member, outboxd as an outbox_sidecar member (docs/security.md)",
+                var["name"]
+            );
+        }
+        for from in container["envFrom"].as_array().into_iter().flatten() {
+            assert_ne!(
+                from["secretRef"]["name"], sidecar_login.0,
+                "{name} imports the Secret of outboxd's database login"
+            );
+        }
+    }
     let config = run_config(&strings(&outboxd["args"]), &env);
     let admin = config.admin_addr.expect("the admin server runs");
     assert!(
@@ -285,10 +310,6 @@ fn compose_wires_postgres_outboxd_and_the_example_receiver() {
         .map(|(k, v)| (k.clone(), text(v)))
         .collect();
     let config = run_config(&strings(&outboxd["command"]), &env);
-    assert!(
-        strings(&outboxd["command"]).contains(&"--migrate".to_owned()),
-        "creates the schema"
-    );
     let db_host = env["DATABASE_URL"]
         .split('@')
         .nth(1)
@@ -298,6 +319,7 @@ fn compose_wires_postgres_outboxd_and_the_example_receiver() {
         services.contains_key(db_host),
         "DATABASE_URL names a service"
     );
+    compose_logins_are_separate(services, &env["DATABASE_URL"]);
     assert_eq!(config.admin_addr.unwrap().port(), 9090);
     let mut healthcheck = strings(&outboxd["healthcheck"]["test"]);
     assert_eq!(healthcheck.remove(0), "CMD");
@@ -340,6 +362,75 @@ fn compose_wires_postgres_outboxd_and_the_example_receiver() {
     let prometheus = yaml_documents(&deploy_file("prometheus/prometheus.yml")).remove(0);
     let targets = strings(&prometheus["scrape_configs"][0]["static_configs"][0]["targets"]);
     assert_eq!(targets, ["outboxd:9090"]);
+}
+
+/// The user of a `postgres://user:password@host/db` URL.
+fn login_of(url: &str) -> String {
+    let rest = url.split_once("://").expect("a URL").1;
+    let userinfo = rest.split_once('@').expect("a user in the URL").0;
+    userinfo.split(':').next().unwrap().to_owned()
+}
+
+/// outboxd logs in as a member of outbox_sidecar, not as the database
+/// owner (a superuser in the postgres image), and not as the application's
+/// outbox_writer login; the schema is migrated, before outboxd starts, by a
+/// one-shot service that logs in as the owner.
+fn compose_logins_are_separate(services: &serde_json::Map<String, Value>, outboxd_url: &str) {
+    let postgres = &services["postgres"];
+    let owner = text(&postgres["environment"]["POSTGRES_USER"]);
+    let sidecar = login_of(outboxd_url);
+    assert_ne!(sidecar, owner, "outboxd must not log in as the owner");
+
+    let mut init_sql = String::new();
+    for volume in postgres["volumes"].as_array().into_iter().flatten() {
+        let volume = text(volume);
+        let mut parts = volume.split(':');
+        let (source, target) = (parts.next().unwrap(), parts.next().unwrap());
+        if target.starts_with("/docker-entrypoint-initdb.d/") {
+            init_sql.push_str(&read(&repo().join("deploy").join(source)));
+        }
+    }
+    let login_in = |group: &str| {
+        init_sql
+            .lines()
+            .filter(|l| l.starts_with("CREATE ROLE ") && l.contains(" LOGIN "))
+            .filter(|l| {
+                l.trim_end_matches(';')
+                    .ends_with(&format!(" IN ROLE {group}"))
+            })
+            .map(|l| {
+                l["CREATE ROLE ".len()..]
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        login_in("outbox_sidecar"),
+        std::slice::from_ref(&sidecar),
+        "an init script makes outboxd's login a member of outbox_sidecar"
+    );
+    let writers = login_in("outbox_writer");
+    assert!(
+        !writers.is_empty() && !writers.contains(&sidecar),
+        "the application has a login of its own in outbox_writer: {writers:?}"
+    );
+
+    let migrate = services
+        .iter()
+        .find(|(_, service)| service["command"] == serde_json::json!(["migrate"]))
+        .expect("a service runs `outboxd migrate`");
+    assert_eq!(
+        login_of(&text(&migrate.1["environment"]["DATABASE_URL"])),
+        owner,
+        "migrations run as the owner"
+    );
+    assert_eq!(
+        services["outboxd"]["depends_on"][migrate.0]["condition"], "service_completed_successfully",
+        "outboxd starts once the schema is migrated"
+    );
 }
 
 /// Metric name -> (labels, is a histogram), read from src/telemetry.rs.

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod admin;
 mod adopt;
 mod asymmetric;
 mod bench;

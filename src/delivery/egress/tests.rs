@@ -50,6 +50,74 @@ fn default_policy_refuses_every_non_public_range() {
 }
 
 #[test]
+fn translated_tunnelled_and_documentation_ranges_are_refused() {
+    let policy = EgressPolicy::default();
+    for (addr, class) in [
+        // SIIT IPv4-translated (::ffff:0:0:0/96): the embedded IPv4 decides.
+        ("::ffff:0:127.0.0.1", Class::Loopback),
+        ("::ffff:0:10.0.0.5", Class::Private),
+        ("::ffff:0:169.254.169.254", Class::Metadata),
+        // RFC 8215 local-use NAT64, wherever the IPv4 sits in it.
+        ("64:ff9b:1::a9fe:a9fe", Class::Reserved),
+        ("64:ff9b:1:0a00:0005::", Class::Reserved),
+        ("64:ff9b:1:ffff:ffff:ffff:ffff:ffff", Class::Reserved),
+        // Teredo.
+        ("2001::1", Class::Reserved),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", Class::Reserved),
+        // Documentation and TEST-NETs.
+        ("2001:db8::1", Class::Reserved),
+        ("2001:db8:ffff::1", Class::Reserved),
+        ("192.0.2.1", Class::Reserved),
+        ("198.51.100.7", Class::Reserved),
+        ("203.0.113.255", Class::Reserved),
+        // 6to4 relay anycast.
+        ("192.88.99.1", Class::Reserved),
+    ] {
+        assert_eq!(refused(&policy, addr), Some(class), "{addr}");
+    }
+    for addr in [
+        "::ffff:0:8.8.8.8",
+        "64:ff9b:2::1",
+        "2001:1::1",
+        "2001:db9::1",
+        "192.0.3.1",
+        "198.51.101.1",
+        "203.0.114.1",
+        "192.88.98.1",
+    ] {
+        assert_eq!(refused(&policy, addr), None, "{addr} is public");
+    }
+}
+
+#[test]
+fn allow_networks_open_the_newly_refused_ranges_too() {
+    let policy = EgressPolicy::new(
+        [
+            "::ffff:0:0:0/96",
+            "64:ff9b:1::/48",
+            "2001::/32",
+            "2001:db8::/32",
+            "192.0.2.0/24",
+            "192.88.99.0/24",
+        ]
+        .iter()
+        .map(|net| parse_network(net).unwrap())
+        .collect(),
+    );
+    for addr in [
+        "::ffff:0:10.0.0.5",
+        "64:ff9b:1::a9fe:a9fe",
+        "2001::1",
+        "2001:db8::1",
+        "192.0.2.1",
+        "192.88.99.1",
+    ] {
+        assert_eq!(refused(&policy, addr), None, "{addr}");
+    }
+    assert_eq!(refused(&policy, "198.51.100.7"), Some(Class::Reserved));
+}
+
+#[test]
 fn public_addresses_pass() {
     let policy = EgressPolicy::default();
     for addr in [
