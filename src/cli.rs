@@ -139,6 +139,9 @@ pub struct StatusArgs {
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only this tenant's endpoints.
+    #[arg(long)]
+    tenant: Option<String>,
 }
 
 /// `outboxd endpoint ...`.
@@ -168,6 +171,10 @@ pub enum EndpointCommand {
         /// Request timeout for this endpoint (default: the sidecar's).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// The customer (tenant) it belongs to: it receives only that
+        /// tenant's messages (none: messages without a tenant).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// List endpoints (secrets are never shown; URL credentials and query
     /// strings are masked).
@@ -225,6 +232,10 @@ pub struct ReplayArgs {
     /// ...that died since this time (2026-11-28T12:00:00Z) or this long ago (2h).
     #[arg(long)]
     since: Option<Since>,
+    /// Refuse unless the delivery or endpoint belongs to this tenant
+    /// (support staff replaying for one customer).
+    #[arg(long)]
+    tenant: Option<String>,
 }
 
 /// Where the outbox lives.
@@ -451,7 +462,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             let client = connect(&args.database).await?;
-            commands::status::run(&client, args.json).await
+            commands::status::run(&client, args.json, args.tenant.as_deref()).await
         }
         Command::Endpoint(args) => {
             let client = connect(&args.database).await?;
@@ -464,7 +475,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(id), Some(since)) => Target::Endpoint { id, since },
                 _ => bail!("give --delivery ID, or --endpoint ID with --since"),
             };
-            commands::replay::run(&client, &target).await
+            commands::replay::run(&client, &target, args.tenant.as_deref()).await
         }
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => commands::verify::run(&args),

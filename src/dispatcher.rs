@@ -196,8 +196,11 @@ impl Dispatcher {
                 });
             };
             let want = permits.num_permits();
-            let jobs = queries.claim(worker, want, self.config.lease).await?;
-            let full = jobs.len() == want;
+            let claimed = queries
+                .route_and_claim(worker, want, self.config.lease)
+                .await?;
+            let jobs = claimed.jobs;
+            let full = jobs.len() == want || claimed.more_to_route;
             telemetry::claimed(jobs.len());
             let found = !jobs.is_empty();
             worked |= found;

@@ -33,7 +33,7 @@ WITH outcome AS (
       AND d.lease_owner = $1
       AND d.status = 'in_flight'
     -- o.n: the outcome that landed, once even if the batch repeats one.
-    RETURNING d.id, d.endpoint_id, o.n
+    RETURNING d.id, d.endpoint_id, d.tenant_id, o.n
 ), per_endpoint AS (
     SELECT w.endpoint_id,
            bool_or(o.status = 'delivered') AS succeeded,
@@ -76,9 +76,9 @@ WITH outcome AS (
 )
 INSERT INTO outbox.attempts
     (delivery_id, attempt, started_at, duration_ms, status_code, error, response_excerpt,
-     worker_id)
+     worker_id, tenant_id)
 SELECT o.delivery_id, o.attempt, o.started_at, o.duration_ms, o.status_code, o.error,
-       o.response_excerpt, $1
+       o.response_excerpt, $1, w.tenant_id
 FROM outcome o
 JOIN written w ON w.n = o.n
 RETURNING delivery_id

@@ -1,6 +1,7 @@
 -- Seconds until the earliest open delivery of an enabled endpoint becomes
--- due (negative when one is overdue), on the database's clock; NULL when
--- nothing is open. One index probe per endpoint. The sidecar asks this
+-- due (negative when one is overdue; 0 while a message waits to be
+-- routed; a scheduled message counts when it is due), on the database's
+-- clock; NULL when nothing is open. One index probe per endpoint. The sidecar asks this
 -- when it goes idle, so in notify mode ($2) it also records that it now
 -- waits for producers' NOTIFY (outbox.waiting, worker $1) and will look
 -- again within $3 seconds; rows of workers that missed their own promise
@@ -15,13 +16,26 @@ WITH idle AS (
     DELETE FROM outbox.waiting w
     WHERE $2::boolean AND w.stale_after < now() AND w.worker_id <> $1::text
 )
-SELECT (extract(epoch FROM min(n.next_attempt_at)) - extract(epoch FROM now()))::float8 AS due_in_secs
-FROM outbox.endpoints e
-CROSS JOIN LATERAL (
-    SELECT d.next_attempt_at
-    FROM outbox.deliveries d
-    WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'in_flight')
-    ORDER BY d.next_attempt_at
-    LIMIT 1
-) n
-WHERE e.enabled
+SELECT least(
+    -- Committed and not routed yet: due now. (A keyed one may be waiting
+    -- for its producer to commit, whose NOTIFY wakes us.)
+    (SELECT 0::float8
+     WHERE EXISTS (SELECT 1 FROM outbox.messages m
+                   WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL)),
+    -- Scheduled and routed when due.
+    (SELECT (extract(epoch FROM m.deliver_after) - extract(epoch FROM now()))::float8
+     FROM outbox.messages m
+     WHERE NOT m.routed AND m.deliver_after IS NOT NULL AND m.ordering_key IS NULL
+     ORDER BY m.deliver_after
+     LIMIT 1),
+    (SELECT (extract(epoch FROM min(n.next_attempt_at)) - extract(epoch FROM now()))::float8
+     FROM outbox.endpoints e
+     CROSS JOIN LATERAL (
+         SELECT d.next_attempt_at
+         FROM outbox.deliveries d
+         WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'in_flight')
+         ORDER BY d.next_attempt_at
+         LIMIT 1
+     ) n
+     WHERE e.enabled)
+) AS due_in_secs

@@ -1,7 +1,9 @@
 -- `outboxd status`: one JSON array, one object per endpoint, built from
--- the outbox.endpoint_health view.
+-- the outbox.endpoint_health view; only tenant $1's endpoints unless $1 is
+-- NULL.
 SELECT coalesce(json_agg(json_build_object(
            'endpoint_id', h.endpoint_id,
+           'tenant_id', h.tenant_id,
            'enabled', h.enabled,
            'disabled_reason', h.disabled_reason,
            'pending', h.pending,
@@ -13,3 +15,4 @@ SELECT coalesce(json_agg(json_build_object(
            'failing_since', h.failing_since
        ) ORDER BY h.endpoint_id), '[]')::text
 FROM outbox.endpoint_health h
+WHERE $1::text IS NULL OR h.tenant_id = $1

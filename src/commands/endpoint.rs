@@ -27,6 +27,7 @@ pub async fn execute(client: &Client, command: EndpointCommand) -> anyhow::Resul
             event_types,
             secret,
             timeout,
+            tenant,
         } => {
             let new = NewEndpoint {
                 id,
@@ -34,6 +35,7 @@ pub async fn execute(client: &Client, command: EndpointCommand) -> anyhow::Resul
                 event_types,
                 secret,
                 timeout,
+                tenant,
             };
             add(client, new).await
         }
@@ -64,6 +66,8 @@ pub struct NewEndpoint {
     pub secret: Option<String>,
     /// Per-endpoint request timeout.
     pub timeout: Option<Duration>,
+    /// The tenant it belongs to, if any.
+    pub tenant: Option<String>,
 }
 
 /// Registers an endpoint and prints its secret if it was generated.
@@ -88,11 +92,19 @@ pub async fn add(client: &Client, new: NewEndpoint) -> anyhow::Result<()> {
                 &vec![secret.clone()],
                 &types,
                 &timeout_ms,
+                &new.tenant,
             ],
         )
         .await
         .map_err(|e| explain(e, "adding the endpoint"))?;
-    println!("endpoint {} added: {}", new.id, redacted_url(&new.url));
+    match &new.tenant {
+        Some(tenant) => println!(
+            "endpoint {} added for tenant {tenant}: {}",
+            new.id,
+            redacted_url(&new.url)
+        ),
+        None => println!("endpoint {} added: {}", new.id, redacted_url(&new.url)),
+    }
     if generated {
         println!("signing secret (shown once, give it to the receiver):\n{secret}");
     }
@@ -270,9 +282,10 @@ pub async fn test(client: &Client, id: &str, wait: Duration) -> anyhow::Result<(
         Some(true) => {}
     }
     let row = client
-        .query_one(TEST_SEND, &[&id])
+        .query_opt(TEST_SEND, &[&id])
         .await
-        .map_err(DbError::during("inserting the test event"))?;
+        .map_err(DbError::during("inserting the test event"))?
+        .with_context(|| format!("endpoint {id} does not exist"))?;
     let (message_id, event_id): (i64, String) = (row.get(0), row.get(1));
     println!("sent test event {event_id} to {id}; waiting for the sidecar...");
     let started = Instant::now();

@@ -49,8 +49,12 @@ impl std::str::FromStr for Since {
     }
 }
 
-/// Replays and says how many deliveries are pending again.
-pub async fn run(client: &Client, target: &Target) -> anyhow::Result<()> {
+/// Replays and says how many deliveries are pending again. With `tenant`,
+/// refuses a delivery or endpoint of another tenant (or of none).
+pub async fn run(client: &Client, target: &Target, tenant: Option<&str>) -> anyhow::Result<()> {
+    if let Some(tenant) = tenant {
+        check_tenant(client, target, tenant).await?;
+    }
     match target {
         Target::Delivery(id) => {
             let replayed: bool = client
@@ -82,6 +86,38 @@ pub async fn run(client: &Client, target: &Target) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fails unless `target` belongs to `tenant`.
+async fn check_tenant(client: &Client, target: &Target, tenant: &str) -> anyhow::Result<()> {
+    let (what, row) = match target {
+        Target::Delivery(id) => (
+            format!("delivery {id}"),
+            client
+                .query_opt(
+                    "SELECT tenant_id FROM outbox.deliveries WHERE id = $1",
+                    &[id],
+                )
+                .await,
+        ),
+        Target::Endpoint { id, .. } => (
+            format!("endpoint {id}"),
+            client
+                .query_opt(
+                    "SELECT tenant_id FROM outbox.endpoints WHERE id = $1",
+                    &[id],
+                )
+                .await,
+        ),
+    };
+    let Some(row) = row.map_err(DbError::during("looking up the tenant"))? else {
+        bail!("{what} does not exist");
+    };
+    match row.get::<_, Option<String>>(0) {
+        Some(owner) if owner == tenant => Ok(()),
+        Some(owner) => bail!("{what} belongs to tenant {owner}, not {tenant}; nothing replayed"),
+        None => bail!("{what} belongs to no tenant, not {tenant}; nothing replayed"),
+    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@ use crate::db::DbError;
 
 const STATUS: &str = include_str!("../../sql/queries/status_by_endpoint.sql");
 
-/// Prints the status table, or the JSON array with `json`.
-pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
+/// Prints the status table, or the JSON array with `json`; only `tenant`'s
+/// endpoints when given.
+pub async fn run(client: &Client, json: bool, tenant: Option<&str>) -> anyhow::Result<()> {
     let text: String = client
-        .query_one(STATUS, &[])
+        .query_one(STATUS, &[&tenant])
         .await
         .map_err(DbError::during("reading outbox.endpoint_health"))?
         .get(0);
@@ -20,6 +21,10 @@ pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let endpoints: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    if endpoints.is_empty() && tenant.is_some() {
+        println!("tenant has no endpoints");
+        return Ok(());
+    }
     if endpoints.is_empty() {
         println!("no endpoints yet: add one with `outboxd endpoint add ID URL`");
         return Ok(());
@@ -31,6 +36,7 @@ pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
 fn render(endpoints: &[serde_json::Value]) -> String {
     let header = [
         "endpoint",
+        "tenant",
         "state",
         "pending",
         "in_flight",
@@ -59,6 +65,7 @@ fn render(endpoints: &[serde_json::Value]) -> String {
                 .unwrap_or_else(|| "-".into());
             vec![
                 e["endpoint_id"].as_str().unwrap_or_default().to_owned(),
+                e["tenant_id"].as_str().unwrap_or("-").to_owned(),
                 state,
                 e["pending"].to_string(),
                 e["in_flight"].to_string(),

@@ -6,11 +6,13 @@
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::{Db, DbError};
 use crate::delivery::{EndpointTls, Job, Outcome, Verdict};
 
+const ROUTE: &str = include_str!("../../sql/queries/messages_route.sql");
 const CLAIM: &str = include_str!("../../sql/queries/deliveries_claim.sql");
 const COMPLETE: &str = include_str!("../../sql/queries/deliveries_complete.sql");
 const RELEASE: &str = include_str!("../../sql/queries/deliveries_release.sql");
@@ -30,6 +32,7 @@ pub struct Queries {
     client: Client,
     /// For cancelling a statement that outlived its deadline.
     db: Db,
+    route: Statement,
     claim: Statement,
     complete: Statement,
     release: Statement,
@@ -43,12 +46,13 @@ impl Queries {
     pub async fn connect(db: &Db) -> Result<Self, DbError> {
         let client = db.connect().await?;
         let prepare = |sql| client.prepare(sql);
-        let (claim, complete, release, next_due, leave_waiting, try_lock_keys) = within(
+        let (route, claim, complete, release, next_due, leave_waiting, try_lock_keys) = within(
             db,
             &client,
             "preparing statements (has `outboxd migrate` run?)",
             async {
                 tokio::try_join!(
+                    prepare(ROUTE),
                     prepare(CLAIM),
                     prepare(COMPLETE),
                     prepare(RELEASE),
@@ -62,6 +66,7 @@ impl Queries {
         Ok(Self {
             client,
             db: db.clone(),
+            route,
             claim,
             complete,
             release,
@@ -76,24 +81,47 @@ impl Queries {
         self.client.is_closed()
     }
 
-    /// Claims up to `limit` due deliveries for `owner`, leased for `lease`.
+    /// Claims up to `limit` due deliveries for `owner`, leased for `lease`,
+    /// after routing what waits (see [`route_and_claim`](Self::route_and_claim)).
     pub async fn claim(
         &self,
         owner: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Job>, DbError> {
+        Ok(self.route_and_claim(owner, limit, lease).await?.jobs)
+    }
+
+    /// Routes up to [`ROUTE_BATCH`] committed messages into their
+    /// deliveries, then claims up to `limit` due deliveries for `owner`,
+    /// leased for `lease`: two transactions, one round trip.
+    pub async fn route_and_claim(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Claimed, DbError> {
         let limit = limit as i64;
-        let rows = within(
+        let lease = lease.as_secs_f64();
+        let claim_params: [&(dyn ToSql + Sync); 3] = [&owner, &limit, &lease];
+        // Polled in this order, so sent in this order, without waiting for
+        // the first answer.
+        let both = async {
+            tokio::try_join!(
+                self.client.query_one(&self.route, &[&ROUTE_BATCH]),
+                self.client.query(&self.claim, &claim_params)
+            )
+        };
+        let (routed, rows) = within(
             &self.db,
             &self.client,
-            "claiming deliveries",
-            self.client
-                .query(&self.claim, &[&owner, &limit, &lease.as_secs_f64()]),
+            "routing and claiming deliveries",
+            both,
         )
         .await?;
+        let more_to_route = routed.get::<_, i32>(0) >= ROUTE_BATCH;
         let claimed_at = Instant::now();
-        Ok(rows
+        let jobs = rows
             .iter()
             .map(|row| Job {
                 delivery_id: row.get("id"),
@@ -120,7 +148,11 @@ impl Queries {
                     client_key_pem: row.get("client_key_pem"),
                 },
             })
-            .collect())
+            .collect();
+        Ok(Claimed {
+            jobs,
+            more_to_route,
+        })
     }
 
     /// Writes attempted outcomes (not releases) for `owner`, fenced.
@@ -326,6 +358,19 @@ impl Queries {
             .get::<_, Option<f64>>(0)
             .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)))
     }
+}
+
+/// Most messages routed before one claim.
+pub const ROUTE_BATCH: i32 = 1000;
+
+/// What [`Queries::route_and_claim`] found.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The claimed deliveries.
+    pub jobs: Vec<Job>,
+    /// A whole batch was routed: more messages may wait for routing, so
+    /// claim again at once even if this claim came back short.
+    pub more_to_route: bool,
 }
 
 /// What [`Queries::complete`] did with a batch.

@@ -150,6 +150,7 @@ async fn a_delivery_scheduled_at_infinity_is_never_due() {
         )
         .await
         .unwrap();
+    route(&db.client).await;
     let q = queries(&db).await;
     assert_eq!(
         q.next_due("w", false, Duration::from_secs(60))

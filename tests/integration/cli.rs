@@ -251,6 +251,7 @@ async fn replay_command_replays_dead_deliveries() {
     .await;
     insert_message(&db.client, "d1", "t", "{}").await;
     insert_message(&db.client, "d2", "t", "{}").await;
+    route(&db.client).await;
     db.client
         .execute(
             "UPDATE outbox.deliveries SET status = 'dead', next_attempt_at = NULL, attempts = 3",
@@ -363,4 +364,81 @@ async fn print_config_shows_settings_without_the_password() {
         "{}",
         stderr(&bad)
     );
+}
+
+#[tokio::test]
+async fn tenant_flags_scope_endpoints_status_and_replay() {
+    let db = fresh_db().await;
+    for (id, tenant) in [("acme-hooks", "acme"), ("globex-hooks", "globex")] {
+        let added = outboxd(
+            &db,
+            &[
+                "endpoint",
+                "add",
+                id,
+                "https://hooks.example.com/in",
+                "--tenant",
+                tenant,
+            ],
+        )
+        .await;
+        assert!(added.status.success(), "{}", stderr(&added));
+        assert!(stdout(&added).contains(&format!("for tenant {tenant}")));
+    }
+    let status = outboxd(&db, &["status", "--json", "--tenant", "acme"]).await;
+    assert!(status.status.success(), "{}", stderr(&status));
+    let shown: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let ids: Vec<&str> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["endpoint_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["acme-hooks"]);
+    assert_eq!(shown[0]["tenant_id"], "acme");
+
+    db.client
+        .batch_execute(
+            "INSERT INTO outbox.messages (tenant_id, event_type, payload) VALUES ('acme', 't', '{}');
+             SELECT outbox.route(10);
+             UPDATE outbox.deliveries SET status = 'dead', next_attempt_at = NULL;",
+        )
+        .await
+        .unwrap();
+    let id: i64 = db
+        .client
+        .query_one("SELECT id FROM outbox.deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let id = id.to_string();
+    let refused = outboxd(&db, &["replay", "--delivery", &id, "--tenant", "globex"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("belongs to tenant acme, not globex"),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = outboxd(
+        &db,
+        &[
+            "replay",
+            "--endpoint",
+            "acme-hooks",
+            "--since",
+            "1h",
+            "--tenant",
+            "globex",
+        ],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert_eq!(
+        count_status(&db.client, "dead").await,
+        1,
+        "nothing replayed"
+    );
+    let replayed = outboxd(&db, &["replay", "--delivery", &id, "--tenant", "acme"]).await;
+    assert!(replayed.status.success(), "{}", stderr(&replayed));
+    assert_eq!(count_status(&db.client, "pending").await, 1);
 }

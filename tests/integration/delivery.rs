@@ -267,6 +267,7 @@ async fn duplicate_event_id_is_rejected_or_ignored_on_conflict() {
         .await
         .unwrap();
     assert_eq!(inserted, 0);
+    route(&db.client).await;
     let row = db
         .client
         .query_one(

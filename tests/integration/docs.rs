@@ -180,6 +180,8 @@ async fn readme_tutorial_sql_runs_and_queues_a_delivery() {
             .await
             .unwrap_or_else(|e| panic!("README tutorial:\n{block}\n{e}"));
     }
+    // The sidecar routes the committed event to its endpoints.
+    crate::common::route(&db.client).await;
     let rows = db
         .client
         .query(blocks[2].trim().trim_end_matches(';'), &[])

@@ -107,8 +107,9 @@ async fn no_secret_appears_in_debug_logs_of_a_failing_delivery_cycle() {
         let open: i64 = db
             .client
             .query_one(
-                "SELECT count(*) FROM outbox.deliveries d JOIN outbox.endpoints e ON e.id = d.endpoint_id
-                 WHERE d.status IN ('pending', 'in_flight') AND e.enabled",
+                "SELECT (SELECT count(*) FROM outbox.deliveries d JOIN outbox.endpoints e ON e.id = d.endpoint_id
+                         WHERE d.status IN ('pending', 'in_flight') AND e.enabled)
+                      + (SELECT count(*) FROM outbox.messages WHERE NOT routed)",
                 &[],
             )
             .await

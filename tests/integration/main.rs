@@ -27,5 +27,6 @@ mod ordering;
 mod retries;
 mod roles;
 mod shutdown;
+mod tenants;
 mod tls;
 mod validation;

@@ -383,6 +383,7 @@ async fn retention_purges_exactly_the_old_finished_rows() {
         .batch_execute(
             "INSERT INTO outbox.messages (event_id, event_type, payload)
              SELECT 'm' || g, 't', '{}' FROM generate_series(1, 12) g;
+             SELECT outbox.route(100);
              UPDATE outbox.messages SET created_at = now() - interval '60 days'
               WHERE event_id IN ('m1','m2','m3','m4','m5','m6','m7','m8','m9','m10');
              UPDATE outbox.deliveries d SET
@@ -469,6 +470,7 @@ async fn deleting_deliveries_or_messages_deletes_their_attempts() {
         .batch_execute(
             "INSERT INTO outbox.messages (event_id, event_type, payload)
              SELECT 'm' || g, 't', '{}' FROM generate_series(1, 4) g;
+             SELECT outbox.route(100);
              INSERT INTO outbox.attempts (delivery_id, attempt, started_at, duration_ms)
              SELECT d.id, a, now(), 1 FROM outbox.deliveries d, generate_series(1, 3) a;",
         )

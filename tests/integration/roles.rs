@@ -159,6 +159,7 @@ async fn writer_inserts_and_reads_status_but_nothing_else() {
     ] {
         assert_refused(&app, sql).await;
     }
+    route(&db.client).await;
     let deliveries: i64 = db
         .client
         .query_one(

@@ -189,6 +189,7 @@ async fn payloads_above_the_configured_cap_are_refused() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(stored, ["fits"], "the failed statement stored nothing");
+    route(&db.client).await;
     let deliveries: i64 = db
         .client
         .query_one("SELECT count(*) FROM outbox.deliveries", &[])

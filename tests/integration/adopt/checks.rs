@@ -215,6 +215,7 @@ async fn writers_of_an_adopted_table_need_no_rights_on_the_outbox() {
         ))
         .await
         .unwrap();
+    route(&db.client).await;
     assert_eq!(count_status(&db.client, "pending").await, 1);
     let direct = db
         .client

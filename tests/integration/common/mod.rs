@@ -279,6 +279,16 @@ where
     }
 }
 
+/// Routes every committed message into its deliveries, as a sidecar's
+/// claim would, for tests that look at deliveries without running one.
+pub async fn route(client: &Client) -> i32 {
+    client
+        .query_one("SELECT outbox.route(100000)", &[])
+        .await
+        .expect("routing")
+        .get(0)
+}
+
 /// Counts deliveries by status.
 pub async fn count_status(client: &Client, status: &str) -> i64 {
     client
@@ -291,13 +301,15 @@ pub async fn count_status(client: &Client, status: &str) -> i64 {
         .get(0)
 }
 
-/// Waits until no delivery is pending or in flight.
+/// Waits until every message is routed and no delivery is pending or in
+/// flight.
 pub async fn wait_settled(client: &Client, timeout: Duration) -> bool {
     // One statement: two counts could straddle an in_flight -> pending write.
     eventually(timeout, || async {
         let open: i64 = client
             .query_one(
-                "SELECT count(*) FROM outbox.deliveries WHERE status IN ('pending', 'in_flight')",
+                "SELECT (SELECT count(*) FROM outbox.deliveries WHERE status IN ('pending', 'in_flight'))
+                      + (SELECT count(*) FROM outbox.messages WHERE NOT routed)",
                 &[],
             )
             .await

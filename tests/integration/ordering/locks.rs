@@ -1,5 +1,6 @@
-//! Ordering-key locks are taken by producers until they commit; the outcome
-//! writer only tries them, so a key held elsewhere delays that key alone.
+//! Ordering-key locks: producers hold their message keys' locks until they
+//! commit (routing waits for them), and the outcome writer only tries the
+//! (endpoint, key) locks, so a key held elsewhere delays that key alone.
 
 use std::time::Duration;
 
@@ -7,11 +8,10 @@ use outboxd::signature::Secret;
 
 use crate::common::*;
 
-/// A producer's open transaction holds its key's lock (anyone else could
-/// hold it too, with `pg_advisory_lock`). Meanwhile the outcome of that
-/// key's earlier message waits, and every other endpoint's outcomes are
-/// written at once; when the producer commits, the key moves on in order,
-/// each message POSTed once.
+/// Anyone who can connect may hold an advisory lock, and a producer's open
+/// transaction holds its key. Meanwhile the outcome of that key's earlier
+/// message waits, and every other endpoint's outcomes are written at once;
+/// when both let go, the key moves on in order, each message POSTed once.
 #[tokio::test]
 async fn a_held_ordering_key_delays_only_its_own_outcomes() {
     let db = fresh_db().await;
@@ -40,11 +40,18 @@ async fn a_held_ordering_key_delays_only_its_own_outcomes() {
     db.client.batch_execute(&insert_keyed(1)).await.unwrap();
     assert!(keyed.wait_until(WAIT, |r| r.len() == 1).await);
 
+    // Someone holds the (endpoint, key) lock the outcome writer needs.
+    let stranger = db.connect().await;
+    stranger
+        .batch_execute(
+            "SELECT pg_advisory_lock(1868724225, hashtext('keyed' || chr(31) || 'order-1'))",
+        )
+        .await
+        .unwrap();
     let producer = db.connect().await;
     producer.batch_execute("BEGIN").await.unwrap();
     producer.batch_execute(&insert_keyed(2)).await.unwrap();
-    // The first keyed request is answered; its outcome now waits for the
-    // producer's lock.
+    // The first keyed request is answered; its outcome now waits.
     assert!(keyed.wait_until(WAIT, |r| r[0].replied_at.is_some()).await);
     for i in 0..5 {
         insert_message(&db.client, &format!("b{i}"), "b", "{}").await;
@@ -70,6 +77,10 @@ async fn a_held_ordering_key_delays_only_its_own_outcomes() {
         .await
         .unwrap()
         .get(0);
+    stranger
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
     producer.batch_execute("COMMIT").await.unwrap();
     let settled = wait_settled(&db.client, WAIT).await;
     sidecar.stop().await;
