@@ -61,13 +61,22 @@ struct Drained {
     started_waiting: bool,
 }
 
+/// How other tasks and the dispatcher nudge each other.
+pub struct Signals {
+    /// Look again now: a wake-up arrived, or an outcome or a routed batch
+    /// may have made rows claimable.
+    pub wake: Arc<Notify>,
+    /// Messages wait for routing: the [`crate::router::Router`] listens.
+    pub route_backlog: Arc<Notify>,
+}
+
 /// Claims deliveries and runs them.
 pub struct Dispatcher {
     config: Arc<Config>,
     db: Db,
     deliverer: Deliverer,
     outcomes: mpsc::Sender<Outcome>,
-    wake: Arc<Notify>,
+    signals: Signals,
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
     /// Cancels in-flight requests (after the shutdown grace period).
@@ -82,7 +91,7 @@ impl Dispatcher {
         db: Db,
         deliverer: Deliverer,
         outcomes: mpsc::Sender<Outcome>,
-        wake: Arc<Notify>,
+        signals: Signals,
         tasks: TaskTracker,
         hard_stop: CancellationToken,
     ) -> Self {
@@ -98,7 +107,7 @@ impl Dispatcher {
             db: db.with_async_commit(),
             deliverer,
             outcomes,
-            wake,
+            signals,
             permits,
             tasks,
             hard_stop,
@@ -116,13 +125,21 @@ impl Dispatcher {
         let mut linger_until = None;
         // Whether this worker may have a row in outbox.waiting.
         let mut in_waiting = notify;
+        // Where the next claim's walk over endpoints starts.
+        let mut cursor = String::new();
         while !shutdown.is_cancelled() {
             if queries.is_none() && connected_before {
                 telemetry::reconnect("dispatcher");
             }
             let lingering = notify && linger_until.is_some_and(|until| Instant::now() < until);
             let idle = match self
-                .drain(&mut queries, &shutdown, lingering, &mut in_waiting)
+                .drain(
+                    &mut queries,
+                    &shutdown,
+                    lingering,
+                    &mut in_waiting,
+                    &mut cursor,
+                )
                 .await
             {
                 Ok(drained) => {
@@ -155,7 +172,7 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
+                _ = self.signals.wake.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
             }
         }
@@ -179,6 +196,7 @@ impl Dispatcher {
         shutdown: &CancellationToken,
         lingering: bool,
         in_waiting: &mut bool,
+        cursor: &mut String,
     ) -> Result<Drained, DbError> {
         if queries.as_ref().is_none_or(Queries::is_closed) {
             *queries = Some(Queries::connect(&self.db).await?);
@@ -197,10 +215,14 @@ impl Dispatcher {
             };
             let want = permits.num_permits();
             let claimed = queries
-                .route_and_claim(worker, want, self.config.lease)
+                .route_and_claim(worker, want, self.config.lease, cursor)
                 .await?;
+            *cursor = claimed.next_endpoint;
+            if claimed.more_to_route {
+                self.signals.route_backlog.notify_one();
+            }
             let jobs = claimed.jobs;
-            let full = jobs.len() == want || claimed.more_to_route;
+            let full = jobs.len() == want;
             telemetry::claimed(jobs.len());
             let found = !jobs.is_empty();
             worked |= found;

@@ -22,7 +22,9 @@
 //!   (`sql/queries`);
 //! - [`sidecar`]: wiring and the shutdown sequence of `outboxd run`;
 //! - [`wakeup`]: `LISTEN` or a logical replication slot, with reconnects;
-//! - [`dispatcher`]: the main loop: wake, claim, start delivery tasks;
+//! - [`dispatcher`]: the main loop: wake, route and claim, start delivery
+//!   tasks;
+//! - [`router`]: routes a backlog of committed messages in the background;
 //! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
 //!   [`delivery::egress`] is the SSRF guard (which addresses may be
 //!   reached), [`delivery::client`] the shared and per-endpoint (custom
@@ -55,6 +57,7 @@ pub mod dispatcher;
 pub mod embedded;
 pub mod maintenance;
 pub mod retry;
+pub mod router;
 pub mod sidecar;
 pub mod signature;
 pub mod telemetry;

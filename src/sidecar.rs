@@ -21,7 +21,8 @@ use crate::db::migrate::{self, MIGRATIONS};
 use crate::db::{Db, DbError};
 use crate::delivery::Deliverer;
 use crate::delivery::request::ClientError;
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::{Dispatcher, Signals};
+use crate::router::Router;
 use crate::wakeup::{self, logical};
 use crate::writer::Writer;
 use crate::{maintenance, telemetry};
@@ -136,6 +137,16 @@ pub async fn run(
         }
         None => None,
     };
+    let backlog = Arc::new(Notify::new());
+    let router = tokio::spawn(
+        // A route a database crash forgets is simply routed again.
+        Router::new(
+            db.clone().with_async_commit(),
+            backlog.clone(),
+            wake.clone(),
+        )
+        .run(stop_listening.clone()),
+    );
     let housekeeping = tokio::spawn(maintenance::run(
         db.clone(),
         config.retention,
@@ -150,7 +161,10 @@ pub async fn run(
         db,
         deliverer,
         outcomes,
-        wake,
+        Signals {
+            wake,
+            route_backlog: backlog,
+        },
         tasks.clone(),
         hard_stop.clone(),
     )
@@ -180,7 +194,10 @@ pub async fn run(
         let _ = writer.await;
     }
     stop_listening.cancel();
-    for task in [listener, admin, Some(housekeeping)].into_iter().flatten() {
+    for task in [listener, admin, Some(housekeeping), Some(router)]
+        .into_iter()
+        .flatten()
+    {
         let _ = task.await;
     }
     tracing::info!("outboxd stopped");

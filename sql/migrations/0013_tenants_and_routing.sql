@@ -30,10 +30,15 @@ ALTER TABLE outbox.messages ADD COLUMN tenant_id text;
 -- Existing messages were fanned out at insert; new ones wait for routing.
 ALTER TABLE outbox.messages ADD COLUMN routed boolean NOT NULL DEFAULT true;
 ALTER TABLE outbox.messages ALTER COLUMN routed SET DEFAULT false;
--- What to route now, oldest first: messages without deliver_after, and
--- keyed ones (a key's messages are routed in id order, whenever due).
+-- What to route now: unkeyed messages without deliver_after, from both
+-- ends (the oldest, and the newest, so that a bulk insert of one tenant
+-- cannot hold up another tenant's next message for long) ...
 CREATE INDEX messages_to_route ON outbox.messages (id)
-    WHERE NOT routed AND (deliver_after IS NULL OR ordering_key IS NOT NULL);
+    WHERE NOT routed AND deliver_after IS NULL AND ordering_key IS NULL;
+-- ... keyed messages, oldest first (a key's messages are routed in id
+-- order, whenever they are due) ...
+CREATE INDEX messages_to_route_keyed ON outbox.messages (id)
+    WHERE NOT routed AND ordering_key IS NOT NULL;
 -- Unkeyed messages scheduled for later are routed when due, so that a
 -- bulk of them (reminders for next month) costs nothing until then and
 -- never delays what is due now.
@@ -288,8 +293,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       AND (e.enabled OR e.disabled_at > m.created_at)
 $$;
 
--- Routes up to max_messages committed messages, oldest first, and as many
--- scheduled ones that are due, into their deliveries; returns how many. Messages another router holds are
+-- Routes committed messages into their deliveries: up to max_messages
+-- unkeyed ones (half the oldest, half the newest), as many keyed ones
+-- (oldest first) and as many scheduled ones that are due; returns how
+-- many. Messages another router holds are
 -- skipped (it routes them); so are keyed messages whose key a producer
 -- (not yet committed) or another router holds: an earlier message of the
 -- key may still arrive, and the key waits for it.
@@ -307,7 +314,19 @@ BEGIN
     WITH oldest AS MATERIALIZED (
         (SELECT m.id, m.tenant_id, m.ordering_key
          FROM outbox.messages m
-         WHERE NOT m.routed AND (m.deliver_after IS NULL OR m.ordering_key IS NOT NULL)
+         WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL
+         ORDER BY m.id
+         LIMIT max_messages / 2)
+        UNION
+        (SELECT m.id, m.tenant_id, m.ordering_key
+         FROM outbox.messages m
+         WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL
+         ORDER BY m.id DESC
+         LIMIT max_messages / 2)
+        UNION ALL
+        (SELECT m.id, m.tenant_id, m.ordering_key
+         FROM outbox.messages m
+         WHERE NOT m.routed AND m.ordering_key IS NOT NULL
          ORDER BY m.id
          LIMIT max_messages)
         UNION ALL

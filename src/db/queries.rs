@@ -89,21 +89,37 @@ impl Queries {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Job>, DbError> {
-        Ok(self.route_and_claim(owner, limit, lease).await?.jobs)
+        Ok(self.route_and_claim(owner, limit, lease, "").await?.jobs)
+    }
+
+    /// Routes up to [`ROUTE_BATCH`] committed messages into their
+    /// deliveries (and as many scheduled ones that are due); returns how
+    /// many.
+    pub async fn route(&self) -> Result<i32, DbError> {
+        let row = within(
+            &self.db,
+            &self.client,
+            "routing messages",
+            self.client.query_one(&self.route, &[&ROUTE_BATCH]),
+        )
+        .await?;
+        Ok(row.get(0))
     }
 
     /// Routes up to [`ROUTE_BATCH`] committed messages into their
     /// deliveries, then claims up to `limit` due deliveries for `owner`,
-    /// leased for `lease`: two transactions, one round trip.
+    /// leased for `lease`, walking endpoints from after `after_endpoint`
+    /// (see [`Claimed::next_endpoint`]): two transactions, one round trip.
     pub async fn route_and_claim(
         &self,
         owner: &str,
         limit: usize,
         lease: Duration,
+        after_endpoint: &str,
     ) -> Result<Claimed, DbError> {
         let limit = limit as i64;
         let lease = lease.as_secs_f64();
-        let claim_params: [&(dyn ToSql + Sync); 3] = [&owner, &limit, &lease];
+        let claim_params: [&(dyn ToSql + Sync); 4] = [&owner, &limit, &lease, &after_endpoint];
         // Polled in this order, so sent in this order, without waiting for
         // the first answer.
         let both = async {
@@ -121,7 +137,7 @@ impl Queries {
         .await?;
         let more_to_route = routed.get::<_, i32>(0) >= ROUTE_BATCH;
         let claimed_at = Instant::now();
-        let jobs = rows
+        let jobs: Vec<Job> = rows
             .iter()
             .map(|row| Job {
                 delivery_id: row.get("id"),
@@ -149,9 +165,11 @@ impl Queries {
                 },
             })
             .collect();
+        let next_endpoint = next_endpoint(&jobs, after_endpoint);
         Ok(Claimed {
             jobs,
             more_to_route,
+            next_endpoint,
         })
     }
 
@@ -371,6 +389,25 @@ pub struct Claimed {
     /// A whole batch was routed: more messages may wait for routing, so
     /// claim again at once even if this claim came back short.
     pub more_to_route: bool,
+    /// Where the next claim's walk over endpoints starts: after the last
+    /// endpoint served, in the walk's order (ids ascending from the
+    /// previous start, wrapping around), so that endpoints take turns.
+    pub next_endpoint: String,
+}
+
+/// The last endpoint of `jobs` in walk order from `after`: the greatest id
+/// above `after`, else (the walk wrapped) the greatest id; `after` when
+/// nothing was claimed.
+fn next_endpoint(jobs: &[Job], after: &str) -> String {
+    last_in_walk(jobs.iter().map(|j| j.endpoint_id.as_str()), after).to_owned()
+}
+
+fn last_in_walk<'a>(ids: impl Iterator<Item = &'a str> + Clone, after: &'a str) -> &'a str {
+    ids.clone()
+        .filter(|id| *id > after)
+        .max()
+        .or_else(|| ids.max())
+        .unwrap_or(after)
 }
 
 /// What [`Queries::complete`] did with a batch.
@@ -402,5 +439,20 @@ async fn within<T>(
                 after: STATEMENT_DEADLINE,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_in_walk;
+
+    #[test]
+    fn the_next_walk_starts_after_the_last_endpoint_served() {
+        let walk = |ids: &[&'static str], after| last_in_walk(ids.iter().copied(), after);
+        assert_eq!(walk(&["b", "d", "c"], "a"), "d");
+        // Wrapped past the end: the greatest id served before the start.
+        assert_eq!(walk(&["y", "a", "b"], "x"), "y");
+        assert_eq!(walk(&["a", "b"], "x"), "b");
+        assert_eq!(walk(&[], "m"), "m", "nothing claimed: same start");
     }
 }

@@ -374,6 +374,7 @@ async fn one_tenants_backlog_does_not_delay_another() {
         .unwrap();
     let delivered = fast.wait_until(WAIT, |r| r.len() >= 50).await;
     let took = started.elapsed();
+    eprintln!("50 messages of the quiet tenant in {took:?}");
     sidecar.stop().await;
     assert!(delivered, "the quiet tenant's messages were delivered");
     assert!(
