@@ -69,6 +69,58 @@ CREATE TRIGGER endpoints_disabling
     FOR EACH ROW WHEN (OLD.enabled IS DISTINCT FROM NEW.enabled)
     EXECUTE FUNCTION outbox.on_endpoint_disabling();
 
+-- Deliveries no longer reference messages and endpoints by foreign key:
+-- routing writes thousands of deliveries a second, and each one's two key
+-- checks (row locks on the message and the endpoint) cost more than the
+-- row itself. What the keys did, triggers do: deleting messages deletes
+-- their deliveries (and so their attempts), and an endpoint with
+-- deliveries can be neither deleted nor renamed (disable it instead).
+ALTER TABLE outbox.deliveries DROP CONSTRAINT deliveries_message_id_fkey;
+ALTER TABLE outbox.deliveries DROP CONSTRAINT deliveries_endpoint_id_fkey;
+
+CREATE FUNCTION outbox.delete_deliveries() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM outbox.deliveries d USING gone g WHERE d.message_id = g.id;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION outbox.delete_deliveries() FROM PUBLIC;
+
+CREATE TRIGGER messages_delete_deliveries
+    AFTER DELETE ON outbox.messages
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox.delete_deliveries();
+
+-- SECURITY DEFINER: whoever may delete endpoints need not read deliveries.
+-- Finished deliveries are not indexed by endpoint, so this may scan the
+-- table: deleting endpoints is rare, disabling them is the usual way.
+CREATE FUNCTION outbox.keep_endpoints_with_deliveries() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM outbox.deliveries d WHERE d.endpoint_id = OLD.id) THEN
+        RAISE EXCEPTION 'outbox.endpoints: endpoint "%" has deliveries and cannot be %', OLD.id,
+                CASE TG_OP WHEN 'DELETE' THEN 'deleted' ELSE 'renamed' END
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'Disable it instead (UPDATE outbox.endpoints SET enabled = false ...); '
+                         'its deliveries go when the retention purge deletes them.';
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION outbox.keep_endpoints_with_deliveries() FROM PUBLIC;
+
+CREATE TRIGGER endpoints_keep_with_deliveries
+    BEFORE DELETE ON outbox.endpoints
+    FOR EACH ROW EXECUTE FUNCTION outbox.keep_endpoints_with_deliveries();
+CREATE TRIGGER endpoints_keep_id_with_deliveries
+    BEFORE UPDATE OF id ON outbox.endpoints
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION outbox.keep_endpoints_with_deliveries();
+
 -- ---------------------------------------------------------------------------
 -- Subscribers by (tenant, event type): one row per event type an endpoint
 -- subscribes to, '' for every type (event_types NULL); tenant_key is the
@@ -303,97 +355,113 @@ $$;
 CREATE FUNCTION outbox.route(max_messages integer) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    candidates bigint[];
     picked bigint[];
+    keyed bigint[];
 BEGIN
-    -- Keys first, rows second: a router locks a keyed message only while
-    -- it holds the key, so no other router can skip an earlier message of
-    -- the key (row-locked, not yet routed) and route a later one.
-    -- Each key is tried once: tried row by row, a key could fail for an
-    -- early row and succeed for a later one, once its producer committed.
-    WITH oldest AS MATERIALIZED (
-        (SELECT m.id, m.tenant_id, m.ordering_key
-         FROM outbox.messages m
-         WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL
-         ORDER BY m.id
-         LIMIT max_messages / 2)
-        UNION
-        (SELECT m.id, m.tenant_id, m.ordering_key
-         FROM outbox.messages m
-         WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL
-         ORDER BY m.id DESC
-         LIMIT max_messages / 2)
-        UNION ALL
-        (SELECT m.id, m.tenant_id, m.ordering_key
-         FROM outbox.messages m
-         WHERE NOT m.routed AND m.ordering_key IS NOT NULL
-         ORDER BY m.id
-         LIMIT max_messages)
-        UNION ALL
-        (SELECT m.id, m.tenant_id, m.ordering_key
-         FROM outbox.messages m
-         WHERE NOT m.routed AND m.deliver_after IS NOT NULL AND m.ordering_key IS NULL
-           AND m.deliver_after <= now()
-         ORDER BY m.deliver_after, m.id
-         LIMIT max_messages)
-    ), keys AS MATERIALIZED (
-        SELECT k.tenant_id, k.ordering_key
-        FROM (SELECT DISTINCT o.tenant_id, o.ordering_key FROM oldest o WHERE o.ordering_key IS NOT NULL) k
-        WHERE outbox.try_lock_message_key(k.tenant_id, k.ordering_key)
+    -- Unkeyed messages: any order will do; rows another router holds are
+    -- skipped.
+    WITH oldest AS (
+        SELECT m.id
+        FROM outbox.messages m
+        WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL
+        ORDER BY m.id
+        LIMIT max_messages / 2
+        FOR UPDATE SKIP LOCKED
+    ), newest AS (
+        SELECT m.id
+        FROM outbox.messages m
+        WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL
+        ORDER BY m.id DESC
+        LIMIT max_messages / 2
+        FOR UPDATE SKIP LOCKED
+    ), scheduled AS (
+        SELECT m.id
+        FROM outbox.messages m
+        WHERE NOT m.routed AND m.deliver_after IS NOT NULL AND m.ordering_key IS NULL
+          AND m.deliver_after <= now()
+        ORDER BY m.deliver_after, m.id
+        LIMIT max_messages
+        FOR UPDATE SKIP LOCKED
     )
-    SELECT array_agg(o.id) INTO candidates
-    FROM oldest o
-    WHERE o.ordering_key IS NULL
-       OR EXISTS (SELECT 1 FROM keys k
-                  WHERE k.ordering_key = o.ordering_key AND k.tenant_id IS NOT DISTINCT FROM o.tenant_id);
-    IF candidates IS NULL THEN
-        RETURN 0;
+    SELECT array_agg(u.id ORDER BY u.id) INTO picked
+    FROM (SELECT id FROM oldest UNION SELECT id FROM newest UNION SELECT id FROM scheduled) u;
+
+    -- Keyed messages: keys first, rows second. A router locks a keyed
+    -- message only while it holds the key, so no other router can skip an
+    -- earlier message of the key (row-locked, not yet routed) and route a
+    -- later one. Each key is tried once: tried row by row, a key could fail
+    -- for an early row and succeed for a later one, once its producer
+    -- committed.
+    IF EXISTS (SELECT 1 FROM outbox.messages m WHERE NOT m.routed AND m.ordering_key IS NOT NULL) THEN
+        WITH oldest AS MATERIALIZED (
+            SELECT m.id, m.tenant_id, m.ordering_key
+            FROM outbox.messages m
+            WHERE NOT m.routed AND m.ordering_key IS NOT NULL
+            ORDER BY m.id
+            LIMIT max_messages
+        ), keys AS MATERIALIZED (
+            SELECT k.tenant_id, k.ordering_key
+            FROM (SELECT DISTINCT o.tenant_id, o.ordering_key FROM oldest o) k
+            WHERE outbox.try_lock_message_key(k.tenant_id, k.ordering_key)
+        ), held AS (
+            SELECT m.id
+            FROM outbox.messages m
+            WHERE m.id IN (SELECT o.id FROM oldest o JOIN keys k
+                           ON k.ordering_key = o.ordering_key AND k.tenant_id IS NOT DISTINCT FROM o.tenant_id)
+              AND NOT m.routed
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT array_agg(h.id) INTO keyed FROM held h;
+        picked := coalesce(picked, '{}') || coalesce(keyed, '{}');
     END IF;
-    SELECT array_agg(l.id ORDER BY l.id) INTO picked
-    FROM (SELECT m.id
-          FROM outbox.messages m
-          WHERE m.id = ANY (candidates) AND NOT m.routed
-          FOR UPDATE SKIP LOCKED) l;
-    IF picked IS NULL THEN
+    IF coalesce(cardinality(picked), 0) = 0 THEN
         RETURN 0;
     END IF;
 
-    -- A keyed delivery is due only when nothing earlier of its (endpoint,
-    -- key) is open. Lock those first (the outcome writer holds them while
-    -- it finishes a head and makes the next one due), then look. "Earlier"
-    -- is by message id, as the claim and the promotion count it: should a
-    -- message be routed after a later one of its key (producers that
-    -- commit out of id order), it goes first, and nothing waits forever.
-    IF EXISTS (SELECT 1 FROM outbox.messages m WHERE m.id = ANY (picked) AND m.ordering_key IS NOT NULL) THEN
+    IF keyed IS NULL THEN
+        INSERT INTO outbox.deliveries
+            (message_id, endpoint_id, tenant_id, status, next_attempt_at, last_error)
+        SELECT t.message_id, t.endpoint_id, t.tenant_id,
+               CASE WHEN t.refusal IS NULL THEN 'pending' ELSE 'dead' END,
+               CASE WHEN t.refusal IS NULL THEN t.due_at END,
+               t.refusal
+        FROM outbox.route_targets(picked) t
+        ORDER BY t.message_id, t.endpoint_id;
+    ELSE
+        -- A keyed delivery is due only when nothing earlier of its
+        -- (endpoint, key) is open. Lock those first (the outcome writer
+        -- holds them while it finishes a head and makes the next one due),
+        -- then look. "Earlier" is by message id, as the claim and the
+        -- promotion count it: should a message be routed after a later one
+        -- of its key (producers that commit out of id order), it goes
+        -- first, and nothing waits forever.
         PERFORM outbox.lock_ordering_key(k.endpoint_id, k.ordering_key)
         FROM (SELECT DISTINCT t.endpoint_id, t.ordering_key,
                      outbox.ordering_lock_key(t.endpoint_id, t.ordering_key) AS lock_key
               FROM outbox.route_targets(picked) t
               WHERE t.ordering_key IS NOT NULL
               ORDER BY 3, 1, 2) k;
+        INSERT INTO outbox.deliveries
+            (message_id, endpoint_id, tenant_id, ordering_key, status, next_attempt_at, last_error)
+        SELECT t.message_id, t.endpoint_id, t.tenant_id, t.ordering_key,
+               CASE WHEN t.refusal IS NULL THEN 'pending' ELSE 'dead' END,
+               CASE WHEN t.refusal IS NOT NULL THEN NULL
+                    WHEN t.ordering_key IS NULL THEN t.due_at
+                    WHEN row_number() OVER (PARTITION BY t.endpoint_id, t.ordering_key ORDER BY t.message_id) = 1
+                         AND NOT EXISTS (
+                             SELECT 1 FROM outbox.deliveries p
+                             WHERE p.endpoint_id = t.endpoint_id
+                               AND p.ordering_key = t.ordering_key
+                               AND p.message_id < t.message_id
+                               AND p.status IN ('pending', 'in_flight', 'dead')
+                               AND (p.status <> 'dead' OR t.block_on_dead))
+                    THEN t.due_at
+                    ELSE 'infinity'
+               END,
+               t.refusal
+        FROM outbox.route_targets(picked) t
+        ORDER BY t.message_id, t.endpoint_id;
     END IF;
-
-    INSERT INTO outbox.deliveries
-        (message_id, endpoint_id, tenant_id, ordering_key, status, next_attempt_at, last_error)
-    SELECT t.message_id, t.endpoint_id, t.tenant_id, t.ordering_key,
-           CASE WHEN t.refusal IS NULL THEN 'pending' ELSE 'dead' END,
-           CASE WHEN t.refusal IS NOT NULL THEN NULL
-                WHEN t.ordering_key IS NULL THEN t.due_at
-                WHEN row_number() OVER (PARTITION BY t.endpoint_id, t.ordering_key ORDER BY t.message_id) = 1
-                     AND NOT EXISTS (
-                         SELECT 1 FROM outbox.deliveries p
-                         WHERE p.endpoint_id = t.endpoint_id
-                           AND p.ordering_key = t.ordering_key
-                           AND p.message_id < t.message_id
-                           AND p.status IN ('pending', 'in_flight', 'dead')
-                           AND (p.status <> 'dead' OR t.block_on_dead))
-                THEN t.due_at
-                ELSE 'infinity'
-           END,
-           t.refusal
-    FROM outbox.route_targets(picked) t
-    ORDER BY t.message_id, t.endpoint_id
-    ON CONFLICT ON CONSTRAINT delivery_once_per_endpoint DO NOTHING;
 
     UPDATE outbox.messages m SET routed = true WHERE m.id = ANY (picked);
     RETURN cardinality(picked);

@@ -553,3 +553,44 @@ async fn every_select_in_docs_sql_md_runs() {
     }
     assert!(checked >= 8, "only {checked} statements found");
 }
+
+#[tokio::test]
+async fn an_endpoint_with_deliveries_can_be_disabled_but_not_deleted_or_renamed() {
+    let db = fresh_db().await;
+    add_endpoint(
+        &db.client,
+        "kept",
+        "http://127.0.0.1:9/",
+        None,
+        &Secret::generate(),
+    )
+    .await;
+    insert_message(&db.client, "m", "t", "{}").await;
+    route(&db.client).await;
+    for sql in [
+        "DELETE FROM outbox.endpoints WHERE id = 'kept'",
+        "UPDATE outbox.endpoints SET id = 'renamed' WHERE id = 'kept'",
+    ] {
+        let error = db.client.batch_execute(sql).await.unwrap_err();
+        let error = error.as_db_error().unwrap();
+        assert_eq!(error.code().code(), "23503", "{sql}");
+        assert!(
+            error.message().contains("has deliveries"),
+            "{}",
+            error.message()
+        );
+    }
+    db.client
+        .batch_execute("UPDATE outbox.endpoints SET enabled = false WHERE id = 'kept'")
+        .await
+        .unwrap();
+    // Once its deliveries are gone (with their messages), it may go too.
+    db.client
+        .batch_execute(
+            "DELETE FROM outbox.messages;
+             DELETE FROM outbox.endpoints WHERE id = 'kept';",
+        )
+        .await
+        .unwrap();
+    assert_eq!(count_status(&db.client, "pending").await, 0);
+}
