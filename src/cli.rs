@@ -126,6 +126,9 @@ pub struct BenchArgs {
     /// Run the sidecars with --async-commit (their outcome writes skip the WAL flush wait).
     #[arg(long)]
     pub async_commit: bool,
+    /// The in-process receiver waits this long before answering each request (e.g. 50ms).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub receiver_latency: Duration,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -59,6 +59,10 @@ pub struct Options {
     pub sidecar_bin: PathBuf,
     /// Run the sidecars (and the claim ceiling) with `--async-commit`.
     pub async_commit: bool,
+    /// How long the in-process receiver waits before answering each
+    /// request: a realistic receiver is not on loopback and does work, so
+    /// requests stay in flight (and hold the sidecar's memory) that long.
+    pub receiver_latency: Duration,
 }
 
 /// Everything the phases share.
@@ -128,8 +132,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let mut client = db.connect().await?;
     migrate::run(&mut client).await?;
     let secret = Secret::generate();
-    let receiver =
-        Receiver::start(Some(Verifier::new(vec![secret.clone()])), |_| Reply::ok()).await?;
+    let latency = options.receiver_latency;
+    let receiver = Receiver::start(Some(Verifier::new(vec![secret.clone()])), move |_| {
+        Reply::ok().delay(latency)
+    })
+    .await?;
     let bench = Bench {
         options,
         url,

@@ -55,6 +55,9 @@ pub struct Report {
     pub ceiling_claim_rows_per_sec: f64,
     /// Signed POSTs without the database.
     pub ceiling_http_per_sec: f64,
+    /// With a receiver latency, what the HTTP ceiling cannot exceed
+    /// whatever the CPU: requests in flight / latency.
+    pub ceiling_http_latency_bound_per_sec: Option<f64>,
     /// `1 / (1/claim + 1/http)`.
     pub ceiling_combined_per_sec: f64,
     /// `deliveries_per_sec / ceiling_combined_per_sec`.
@@ -90,6 +93,11 @@ impl Report {
 
     /// Derives the combined ceiling and the efficiency.
     pub fn finish(&mut self) {
+        let latency = self.options.receiver_latency.as_secs_f64();
+        if latency > 0.0 {
+            let in_flight = self.options.concurrency as f64 * f64::from(self.options.replicas);
+            self.ceiling_http_latency_bound_per_sec = Some(in_flight / latency);
+        }
         let (claim, http) = (self.ceiling_claim_rows_per_sec, self.ceiling_http_per_sec);
         if claim > 0.0 && http > 0.0 {
             self.ceiling_combined_per_sec = 1.0 / (1.0 / claim + 1.0 / http);
@@ -108,6 +116,7 @@ impl Report {
             "latency_low_load_logical_ms": latency(&self.latency_low_load_logical_ms),
             "ceiling_claim_rows_per_sec": self.ceiling_claim_rows_per_sec,
             "ceiling_http_per_sec": self.ceiling_http_per_sec,
+            "ceiling_http_latency_bound_per_sec": self.ceiling_http_latency_bound_per_sec,
             "ceiling_combined_per_sec": self.ceiling_combined_per_sec,
             "efficiency": self.efficiency,
             "producer_inserts_per_sec": {
@@ -125,6 +134,7 @@ impl Report {
                 "batch_size": self.options.batch_size, "payload_bytes": self.options.payload_bytes,
                 "endpoints": self.options.endpoints, "fan_out": self.options.fan_out,
                 "async_commit": self.options.async_commit,
+                "receiver_latency_ms": self.options.receiver_latency.as_secs_f64() * 1000.0,
             },
             "machine": {
                 "cores": self.cores,
@@ -162,10 +172,7 @@ impl Report {
                 "ceiling: claim+complete rows/s",
                 format!("{:.0}", self.ceiling_claim_rows_per_sec),
             ),
-            (
-                "ceiling: signed HTTP requests/s",
-                format!("{:.0}", self.ceiling_http_per_sec),
-            ),
+            ("ceiling: signed HTTP requests/s", self.http_ceiling()),
             (
                 "ceiling: both sharing the CPU",
                 format!("{:.0}", self.ceiling_combined_per_sec),
@@ -224,14 +231,15 @@ impl Report {
             (
                 "run",
                 format!(
-                    "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), fan-out {}",
+                    "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), fan-out {}, receiver latency {}",
                     self.options.messages,
                     self.options.replicas,
                     self.options.concurrency,
                     self.options.batch_size,
                     self.options.payload_bytes,
                     self.options.endpoints,
-                    self.options.fan_out
+                    self.options.fan_out,
+                    humantime::format_duration(self.options.receiver_latency)
                 ),
             ),
         ];
@@ -240,6 +248,21 @@ impl Report {
             .map(|(k, v)| vec![k.to_owned(), v])
             .collect();
         table::render(&["measure", "result"], &rows)
+    }
+
+    /// The HTTP ceiling, and with a receiver latency the bound it cannot
+    /// pass: then it measures the latency more than the client.
+    fn http_ceiling(&self) -> String {
+        match self.ceiling_http_latency_bound_per_sec {
+            Some(bound) => format!(
+                "{:.0}  (receiver latency {}: at most {:.0} with {} in flight)",
+                self.ceiling_http_per_sec,
+                humantime::format_duration(self.options.receiver_latency),
+                bound,
+                self.options.concurrency * self.options.replicas as usize
+            ),
+            None => format!("{:.0}", self.ceiling_http_per_sec),
+        }
     }
 }
 

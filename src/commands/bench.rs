@@ -26,6 +26,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         database_url: args.database_url,
         sidecar_bin: std::env::current_exe().context("locating the outboxd executable")?,
         async_commit: args.async_commit,
+        receiver_latency: args.receiver_latency,
     };
     let report = crate::bench::run(options).await?;
     if args.json {

@@ -1,8 +1,11 @@
 //! `outboxd bench` at a tiny size, so it keeps working: every phase runs
 //! and every delivery arrives exactly once, verified. Speed is not
-//! asserted here (that is what the benchmark itself reports).
+//! asserted here (that is what the benchmark itself reports), except what
+//! no machine can beat: with a receiver latency, no more requests per
+//! second than in flight / latency.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use outboxd::bench::{self, Options};
 
@@ -21,6 +24,7 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
         database_url: None,
         sidecar_bin: PathBuf::from(env!("CARGO_BIN_EXE_outboxd")),
         async_commit: false,
+        receiver_latency: Duration::from_millis(2),
     };
     let report = bench::run(options).await.expect("the benchmark runs");
     assert_eq!(
@@ -66,5 +70,16 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
         json["machine"]["cores"].as_u64().unwrap() as usize,
         std::thread::available_parallelism().unwrap().get()
     );
-    assert!(report.render().contains("deliveries/s (drain)"));
+    assert_eq!(json["options"]["receiver_latency_ms"].as_f64(), Some(2.0));
+    // 16 requests in flight, each answered after 2 ms at the earliest.
+    let bound = json["ceiling_http_latency_bound_per_sec"].as_f64().unwrap();
+    assert_eq!(bound, 8_000.0);
+    assert!(
+        report.ceiling_http_per_sec <= bound,
+        "the receiver answered faster than its latency allows: {} requests/s",
+        report.ceiling_http_per_sec
+    );
+    let table = report.render();
+    assert!(table.contains("deliveries/s (drain)"));
+    assert!(table.contains("receiver latency 2ms"), "{table}");
 }
