@@ -154,7 +154,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     report.ceiling_claim_rows_per_sec = ceilings::claim(&bench).await?;
     bench.progress("drain and latency with `outboxd run`");
     drain::run(&bench, &mut report).await?;
-    bench.progress("producers: 8 concurrent single-row inserters per wake-up mode");
+    bench
+        .progress("producers: 8 concurrent single-row inserters, plain table and per wake-up mode");
     report.producer_inserts_per_sec = producers::run(&bench).await?;
     bench.progress("claim cost: empty table vs finished rows");
     (report.claim_ms_empty, report.claim_ms_with_finished) = claim_cost::run(&bench).await?;

@@ -22,12 +22,26 @@ pub struct Latency {
 /// Single-row inserts per second by 8 producers, per wake-up mode.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProducerRates {
+    /// The same rows into a plain table with no trigger, no sidecar.
+    pub plain_table: f64,
     /// The NOTIFY trigger off.
     pub no_trigger: f64,
     /// The NOTIFY trigger on, a listener connected.
     pub notify_trigger: f64,
     /// The trigger off, a logical slot being read.
     pub logical: f64,
+}
+
+impl ProducerRates {
+    /// What the outbox itself (fan-out, deliveries, a delivering sidecar)
+    /// leaves of the application's insert rate: `no_trigger / plain_table`.
+    pub fn no_trigger_to_plain_table(&self) -> f64 {
+        if self.plain_table > 0.0 {
+            self.no_trigger / self.plain_table
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Everything measured in one run.
@@ -120,10 +134,12 @@ impl Report {
             "ceiling_combined_per_sec": self.ceiling_combined_per_sec,
             "efficiency": self.efficiency,
             "producer_inserts_per_sec": {
+                "plain_table": self.producer_inserts_per_sec.plain_table,
                 "no_trigger": self.producer_inserts_per_sec.no_trigger,
                 "notify_trigger": self.producer_inserts_per_sec.notify_trigger,
                 "logical": self.producer_inserts_per_sec.logical,
             },
+            "producer_no_trigger_to_plain_table": self.producer_inserts_per_sec.no_trigger_to_plain_table(),
             "claim_ms_empty": self.claim_ms_empty,
             "claim_ms_with_1m_finished": self.claim_ms_with_finished,
             "finished_rows": self.options.finished_rows,
@@ -185,8 +201,16 @@ impl Report {
                 lat(&self.latency_low_load_logical_ms),
             ),
             (
+                "producers, plain table (no outbox)",
+                format!("{:.0} inserts/s", p.plain_table),
+            ),
+            (
                 "producers, no wake-up trigger",
-                format!("{:.0} inserts/s", p.no_trigger),
+                format!(
+                    "{:.0} inserts/s ({:.2}x the plain table)",
+                    p.no_trigger,
+                    p.no_trigger_to_plain_table()
+                ),
             ),
             (
                 "producers, NOTIFY trigger",

@@ -49,7 +49,7 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
             json[key]
         );
     }
-    for mode in ["no_trigger", "notify_trigger", "logical"] {
+    for mode in ["plain_table", "no_trigger", "notify_trigger", "logical"] {
         assert!(
             json["producer_inserts_per_sec"][mode].as_f64().unwrap() > 0.0,
             "{mode}"
@@ -69,6 +69,11 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
     assert_eq!(
         json["machine"]["cores"].as_u64().unwrap() as usize,
         std::thread::available_parallelism().unwrap().get()
+    );
+    let p = &json["producer_inserts_per_sec"];
+    assert_eq!(
+        json["producer_no_trigger_to_plain_table"].as_f64().unwrap(),
+        p["no_trigger"].as_f64().unwrap() / p["plain_table"].as_f64().unwrap()
     );
     assert_eq!(json["options"]["receiver_latency_ms"].as_f64(), Some(2.0));
     // 16 requests in flight, each answered after 2 ms at the earliest.
