@@ -84,6 +84,10 @@ pub struct Report {
     pub claim_ms_with_finished: f64,
     /// Largest peak RSS of a sidecar while draining.
     pub peak_rss_bytes: u64,
+    /// Connections the receiver accepted from the drain's sidecars (drain
+    /// and both latency phases): with connection reuse, about the
+    /// requests they had in flight at most, not one per delivery.
+    pub receiver_connections_drain: u64,
     /// Sidecar CPU time per 1,000 deliveries while draining.
     pub cpu_ms_per_1k_deliveries: f64,
 }
@@ -144,6 +148,7 @@ impl Report {
             "claim_ms_with_1m_finished": self.claim_ms_with_finished,
             "finished_rows": self.options.finished_rows,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "receiver_connections_drain": self.receiver_connections_drain,
             "cpu_ms_per_1k_deliveries": self.cpu_ms_per_1k_deliveries,
             "options": {
                 "messages": self.options.messages, "replicas": self.options.replicas, "concurrency": self.options.concurrency,
@@ -238,6 +243,14 @@ impl Report {
             (
                 "sidecar peak RSS",
                 format!("{:.1} MiB", self.peak_rss_bytes as f64 / 1048576.0),
+            ),
+            (
+                "receiver connections, drain",
+                format!(
+                    "{}  (drain and latency phases; at most {} requests in flight)",
+                    self.receiver_connections_drain,
+                    self.options.concurrency * self.options.replicas as usize
+                ),
             ),
             (
                 "sidecar CPU per 1,000 deliveries",

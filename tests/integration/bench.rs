@@ -75,6 +75,10 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
         json["producer_no_trigger_to_plain_table"].as_f64().unwrap(),
         p["no_trigger"].as_f64().unwrap() / p["plain_table"].as_f64().unwrap()
     );
+    // Keep-alive: connections are reused, not opened per delivery (600 in
+    // the drain alone, more in the latency phases).
+    let connections = json["receiver_connections_drain"].as_u64().unwrap();
+    assert!((1..150).contains(&connections), "{connections} connections");
     assert_eq!(json["options"]["receiver_latency_ms"].as_f64(), Some(2.0));
     // 16 requests in flight, each answered after 2 ms at the earliest.
     let bound = json["ceiling_http_latency_bound_per_sec"].as_f64().unwrap();
