@@ -71,7 +71,7 @@ fn job(bench: &Bench, payload: &str) -> Job {
         ordering_key: None,
         event_id: String::new(),
         event_type: "t0".into(),
-        payload: payload.to_owned(),
+        payload: payload.into(),
         url: bench.receiver.url(),
         secrets: vec![bench.secret.to_whsec()],
         timeout: None,

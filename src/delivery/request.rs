@@ -161,7 +161,7 @@ impl Deliverer {
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        Ok(client.post(url).headers(headers).body(job.payload.clone()))
+        Ok(client.post(url).headers(headers).body(job.payload.body()))
     }
 
     async fn send(
