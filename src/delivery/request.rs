@@ -32,7 +32,9 @@ pub struct Deliverer {
     default_timeout: Duration,
     /// See [`Config::longest_request`].
     longest_request: Duration,
-    retry: RetryPolicy,
+    /// Shared: the dispatcher clones the deliverer into every delivery
+    /// task, which must not copy the schedule each time.
+    retry: Arc<RetryPolicy>,
 }
 
 impl Deliverer {
@@ -46,7 +48,7 @@ impl Deliverer {
             egress,
             default_timeout: config.request_timeout,
             longest_request: config.longest_request(),
-            retry: config.retry.clone(),
+            retry: Arc::new(config.retry.clone()),
         })
     }
 
