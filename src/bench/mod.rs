@@ -18,7 +18,6 @@ pub mod report;
 pub mod sidecar;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -127,7 +126,16 @@ impl Bench {
 /// Runs every phase and returns the report.
 pub async fn run(options: Options) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let (_cluster, url, _cleanup) = database(&options).await?;
+    let (_cluster, url, created) = database(&options).await?;
+    let report = phases(options, url, started).await;
+    if let Some(created) = created {
+        created.drop_now().await;
+    }
+    report
+}
+
+/// Every phase, on the bench database at `url`.
+async fn phases(options: Options, url: DatabaseUrl, started: Instant) -> anyhow::Result<Report> {
     let db = Db::new(&url)?;
     let mut client = db.connect().await?;
     migrate::run(&mut client).await?;
@@ -168,7 +176,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 /// or a new database on `--database-url`'s server, dropped afterwards.
 async fn database(
     options: &Options,
-) -> anyhow::Result<(Option<TempPostgres>, DatabaseUrl, Option<DropDatabase>)> {
+) -> anyhow::Result<(Option<TempPostgres>, DatabaseUrl, Option<CreatedDatabase>)> {
     match &options.database_url {
         None => {
             let cluster = tokio::task::spawn_blocking(|| {
@@ -197,10 +205,7 @@ async fn database(
             Ok((
                 None,
                 DatabaseUrl::new(url),
-                Some(DropDatabase {
-                    client: Arc::new(client),
-                    name,
-                }),
+                Some(CreatedDatabase { client, name }),
             ))
         }
     }
@@ -221,19 +226,21 @@ fn rebuild_url(url: &str, database: &str) -> String {
     }
 }
 
-/// Drops the bench database on the user's server when the bench ends.
-struct DropDatabase {
-    client: Arc<Client>,
+/// The bench database on the user's server, dropped when the bench ends,
+/// whether it succeeded or not. Awaited, not left to `Drop`: a task spawned
+/// there never ran once the runtime shut down, and every run left its
+/// database behind.
+struct CreatedDatabase {
+    client: Client,
     name: String,
 }
 
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let client = self.client.clone();
+impl CreatedDatabase {
+    async fn drop_now(self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        tokio::spawn(async move {
-            let _ = client.batch_execute(&sql).await;
-        });
+        if let Err(error) = self.client.batch_execute(&sql).await {
+            eprintln!("could not drop the bench database {}: {error}", self.name);
+        }
     }
 }
 

@@ -92,3 +92,35 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
     assert!(table.contains("deliveries/s (drain)"));
     assert!(table.contains("receiver latency 2ms"), "{table}");
 }
+
+#[tokio::test]
+async fn a_benchmark_on_a_given_server_drops_its_database_afterwards() {
+    let db = crate::common::fresh_logical_db().await;
+    let options = Options {
+        messages: 50,
+        replicas: 1,
+        concurrency: 4,
+        batch_size: 10,
+        payload_bytes: 64,
+        endpoints: 1,
+        fan_out: 1,
+        finished_rows: 100,
+        phase_secs: 0.5,
+        database_url: Some(db.url.clone()),
+        sidecar_bin: PathBuf::from(env!("CARGO_BIN_EXE_outboxd")),
+        async_commit: false,
+        receiver_latency: Duration::ZERO,
+    };
+    let report = bench::run(options).await.expect("the benchmark runs");
+    assert_eq!(report.delivered_exactly_once, 50);
+    let left: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'outboxd_bench_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the bench database is dropped");
+}
