@@ -117,6 +117,9 @@ pub struct BenchArgs {
     /// Endpoints each message goes to (at most --endpoints).
     #[arg(long, default_value_t = 1)]
     pub fan_out: u32,
+    /// Spread the endpoints over this many tenants, each message carrying its tenant (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub tenants: u32,
     /// Finished rows beside the second claim-cost measurement.
     #[arg(long, default_value_t = 1_000_000)]
     pub finished_rows: u64,

@@ -191,6 +191,7 @@ async fn latency(
         let prefix = prefix.to_owned();
         tasks.spawn(async move {
             let client = db.connect().await?;
+            // TODO(tenants): type t0 carries tenancy.of_type(0).
             let insert = client
                 .prepare("INSERT INTO outbox.messages (event_id, event_type, payload) VALUES ($1, 't0', '{}')")
                 .await?;

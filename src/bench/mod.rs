@@ -8,7 +8,7 @@
 //! and latency of real `outboxd run` processes ([`drain`]), producer insert
 //! rates per wake-up mode ([`producers`]), and the claim's cost beside a
 //! million finished rows ([`claim_cost`]). [`report`] prints the table and
-//! the JSON.
+//! the JSON; [`tenants`] spreads endpoints and messages over tenants.
 
 pub mod ceilings;
 pub mod claim_cost;
@@ -16,6 +16,7 @@ pub mod drain;
 pub mod producers;
 pub mod report;
 pub mod sidecar;
+pub mod tenants;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use crate::embedded::postgres::{Options as PgOptions, TempPostgres};
 use crate::embedded::receiver::{Receiver, Reply};
 use crate::signature::{Secret, Verifier};
 pub use report::Report;
+use tenants::Tenancy;
 
 /// What to measure, and how big.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +49,8 @@ pub struct Options {
     pub endpoints: u32,
     /// Endpoints each message goes to (at most `endpoints`).
     pub fan_out: u32,
+    /// Tenants the endpoints are spread over (0: no tenant at all).
+    pub tenants: u32,
     /// Finished rows for the claim-cost comparison.
     pub finished_rows: u64,
     /// How long each producer mode and the steady-load latency run.
@@ -76,6 +80,8 @@ pub struct Bench {
     pub receiver: Receiver,
     /// The secret every endpoint signs with.
     pub secret: Secret,
+    /// Which tenant each endpoint and message belongs to.
+    pub tenancy: Tenancy,
     started: Instant,
 }
 
@@ -100,6 +106,8 @@ impl Bench {
     /// `payload_bytes`, with types spreading them over the endpoints.
     pub async fn insert_backlog(&self, count: u64, prefix: &str) -> anyhow::Result<()> {
         let pad = "x".repeat(self.options.payload_bytes.saturating_sub(40));
+        // TODO(tenants): message g (type t{g % endpoints}) carries
+        // tenancy.of_type(g % endpoints): 't' || ((g % $3) % tenants).
         self.client
             .execute(
                 "INSERT INTO outbox.messages (event_id, event_type, payload)
@@ -139,6 +147,9 @@ async fn phases(options: Options, url: DatabaseUrl, started: Instant) -> anyhow:
     let db = Db::new(&url)?;
     let mut client = db.connect().await?;
     migrate::run(&mut client).await?;
+    tenants::check_schema(&client, options.tenants).await?;
+    let tenancy = Tenancy::new(options.tenants, options.endpoints, options.fan_out)
+        .map_err(anyhow::Error::msg)?;
     let secret = Secret::generate();
     let latency = options.receiver_latency;
     let receiver = Receiver::start(Some(Verifier::new(vec![secret.clone()])), move |_| {
@@ -151,6 +162,7 @@ async fn phases(options: Options, url: DatabaseUrl, started: Instant) -> anyhow:
         client,
         receiver,
         secret,
+        tenancy,
         started,
     };
     register_endpoints(&bench).await?;
@@ -247,11 +259,9 @@ impl CreatedDatabase {
 /// Endpoints `e0..eN`, each subscribed to `fan_out` of the message types,
 /// all pointing at the receiver, capped at the sidecar concurrency.
 async fn register_endpoints(bench: &Bench) -> anyhow::Result<()> {
-    let n = bench.options.endpoints;
-    for i in 0..n {
-        let types: Vec<String> = (0..bench.options.fan_out)
-            .map(|k| format!("t{}", (i + k) % n))
-            .collect();
+    for i in 0..bench.options.endpoints {
+        let types = bench.tenancy.types_of(i, bench.options.fan_out);
+        // TODO(tenants): tenant_id = bench.tenancy.of_endpoint(i).
         bench
             .client
             .execute(

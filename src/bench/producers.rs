@@ -66,6 +66,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
     Ok(rates)
 }
 
+// TODO(tenants): type t0 carries tenancy.of_type(0).
 const OUTBOX_INSERT: &str =
     "INSERT INTO outbox.messages (event_type, payload) VALUES ('t0', $1::text::jsonb)";
 

@@ -154,6 +154,7 @@ impl Report {
                 "messages": self.options.messages, "replicas": self.options.replicas, "concurrency": self.options.concurrency,
                 "batch_size": self.options.batch_size, "payload_bytes": self.options.payload_bytes,
                 "endpoints": self.options.endpoints, "fan_out": self.options.fan_out,
+                "tenants": self.options.tenants,
                 "async_commit": self.options.async_commit,
                 "receiver_latency_ms": self.options.receiver_latency.as_secs_f64() * 1000.0,
             },
@@ -268,13 +269,14 @@ impl Report {
             (
                 "run",
                 format!(
-                    "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), fan-out {}, receiver latency {}",
+                    "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), {} tenant(s), fan-out {}, receiver latency {}",
                     self.options.messages,
                     self.options.replicas,
                     self.options.concurrency,
                     self.options.batch_size,
                     self.options.payload_bytes,
                     self.options.endpoints,
+                    self.options.tenants,
                     self.options.fan_out,
                     humantime::format_duration(self.options.receiver_latency)
                 ),

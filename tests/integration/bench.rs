@@ -19,6 +19,7 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
         payload_bytes: 128,
         endpoints: 2,
         fan_out: 2,
+        tenants: 0,
         finished_rows: 2_000,
         phase_secs: 0.5,
         database_url: None,
@@ -104,6 +105,7 @@ async fn a_benchmark_on_a_given_server_drops_its_database_afterwards() {
         payload_bytes: 64,
         endpoints: 1,
         fan_out: 1,
+        tenants: 0,
         finished_rows: 100,
         phase_secs: 0.5,
         database_url: Some(db.url.clone()),
@@ -123,4 +125,39 @@ async fn a_benchmark_on_a_given_server_drops_its_database_afterwards() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the bench database is dropped");
+}
+
+// TODO(tenants): once the schema has tenant_id and the bench sets it, this
+// becomes a tiny run with --tenants 2 that delivers everything once.
+#[tokio::test]
+async fn tenants_are_refused_while_the_schema_has_no_tenant_id() {
+    let db = crate::common::fresh_db().await;
+    let options = Options {
+        messages: 10,
+        replicas: 1,
+        concurrency: 2,
+        batch_size: 10,
+        payload_bytes: 64,
+        endpoints: 2,
+        fan_out: 1,
+        tenants: 2,
+        finished_rows: 10,
+        phase_secs: 0.5,
+        database_url: Some(db.url.clone()),
+        sidecar_bin: PathBuf::from(env!("CARGO_BIN_EXE_outboxd")),
+        async_commit: false,
+        receiver_latency: Duration::ZERO,
+    };
+    let error = bench::run(options).await.unwrap_err().to_string();
+    assert!(error.contains("outbox.endpoints.tenant_id"), "{error}");
+    let left: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'outboxd_bench_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the bench database is dropped after a failure too");
 }
