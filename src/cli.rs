@@ -117,6 +117,9 @@ pub struct BenchArgs {
     /// Endpoints each message goes to (at most --endpoints).
     #[arg(long, default_value_t = 1)]
     pub fan_out: u32,
+    /// Spread the endpoints over this many tenants, each message carrying its tenant (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub tenants: u32,
     /// Finished rows beside the second claim-cost measurement.
     #[arg(long, default_value_t = 1_000_000)]
     pub finished_rows: u64,
@@ -126,6 +129,9 @@ pub struct BenchArgs {
     /// Run the sidecars with --async-commit (their outcome writes skip the WAL flush wait).
     #[arg(long)]
     pub async_commit: bool,
+    /// The in-process receiver waits this long before answering each request (e.g. 50ms).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub receiver_latency: Duration,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

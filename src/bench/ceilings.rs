@@ -16,12 +16,16 @@ use crate::delivery::{AttemptRecord, Deliverer, EndpointTls, Job, Outcome, Verdi
 
 /// Signed POSTs per second at the sidecars' total concurrency.
 pub async fn http(bench: &Bench) -> anyhow::Result<f64> {
+    let workers = (bench.options.concurrency * bench.options.replicas as usize).max(1);
     let mut config = Config::new(bench.url.clone());
     config.allow_networks = vec!["127.0.0.0/8".parse()?];
-    config.concurrency = bench.options.concurrency;
+    // One client for every sidecar's requests: its pool must keep as many
+    // connections as they have in flight, or it closes the surplus after
+    // each request and connects again for the next.
+    config.concurrency = workers;
     let deliverer = Arc::new(Deliverer::new(&config)?);
     let total = bench.options.messages.min(20_000);
-    let workers = (bench.options.concurrency * bench.options.replicas as usize).max(1) as u64;
+    let workers = workers as u64;
     let before = bench.receiver.count();
     let payload = format!(
         r#"{{"n":0,"pad":"{}"}}"#,
@@ -67,7 +71,7 @@ fn job(bench: &Bench, payload: &str) -> Job {
         ordering_key: None,
         event_id: String::new(),
         event_type: "t0".into(),
-        payload: payload.to_owned(),
+        payload: payload.into(),
         url: bench.receiver.url(),
         secrets: vec![bench.secret.to_whsec()],
         timeout: None,

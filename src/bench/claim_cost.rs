@@ -22,6 +22,8 @@ pub async fn run(bench: &Bench) -> anyhow::Result<(f64, f64)> {
         .client
         .batch_execute("ALTER TABLE outbox.messages DISABLE TRIGGER messages_notify;")
         .await?;
+    // TODO(tenants): these messages (type t0, to e0) carry
+    // tenancy.of_type(0).
     bench
         .client
         .execute(

@@ -26,6 +26,7 @@ const STEADY_PRODUCERS: u64 = 8;
 /// rate, and at low load with logical wake-up.
 pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     bench.reset().await?;
+    let connections_before = bench.receiver.connections();
     let sidecars = Sidecars::start(&bench.options, &bench.url, "notify")?;
     let replicas = i64::from(bench.options.replicas);
     wait_for(Duration::from_secs(30), || async {
@@ -105,6 +106,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     report.latency_ms = latency(bench, rate, count, STEADY_PRODUCERS, "steady-").await?;
     report.peak_rss_bytes = sidecars.peak_rss_bytes();
     sidecars.stop().await?;
+    report.receiver_connections_drain = (bench.receiver.connections() - connections_before) as u64;
 
     bench.progress(&format!(
         "  latency at low load with logical wake-up and no NOTIFY: {low} messages"
@@ -189,6 +191,7 @@ async fn latency(
         let prefix = prefix.to_owned();
         tasks.spawn(async move {
             let client = db.connect().await?;
+            // TODO(tenants): type t0 carries tenancy.of_type(0).
             let insert = client
                 .prepare("INSERT INTO outbox.messages (event_id, event_type, payload) VALUES ($1, 't0', '{}')")
                 .await?;

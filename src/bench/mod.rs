@@ -8,7 +8,7 @@
 //! and latency of real `outboxd run` processes ([`drain`]), producer insert
 //! rates per wake-up mode ([`producers`]), and the claim's cost beside a
 //! million finished rows ([`claim_cost`]). [`report`] prints the table and
-//! the JSON.
+//! the JSON; [`tenants`] spreads endpoints and messages over tenants.
 
 pub mod ceilings;
 pub mod claim_cost;
@@ -16,9 +16,9 @@ pub mod drain;
 pub mod producers;
 pub mod report;
 pub mod sidecar;
+pub mod tenants;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,6 +30,7 @@ use crate::embedded::postgres::{Options as PgOptions, TempPostgres};
 use crate::embedded::receiver::{Receiver, Reply};
 use crate::signature::{Secret, Verifier};
 pub use report::Report;
+use tenants::Tenancy;
 
 /// What to measure, and how big.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +49,8 @@ pub struct Options {
     pub endpoints: u32,
     /// Endpoints each message goes to (at most `endpoints`).
     pub fan_out: u32,
+    /// Tenants the endpoints are spread over (0: no tenant at all).
+    pub tenants: u32,
     /// Finished rows for the claim-cost comparison.
     pub finished_rows: u64,
     /// How long each producer mode and the steady-load latency run.
@@ -59,6 +62,10 @@ pub struct Options {
     pub sidecar_bin: PathBuf,
     /// Run the sidecars (and the claim ceiling) with `--async-commit`.
     pub async_commit: bool,
+    /// How long the in-process receiver waits before answering each
+    /// request: a realistic receiver is not on loopback and does work, so
+    /// requests stay in flight (and hold the sidecar's memory) that long.
+    pub receiver_latency: Duration,
 }
 
 /// Everything the phases share.
@@ -73,6 +80,8 @@ pub struct Bench {
     pub receiver: Receiver,
     /// The secret every endpoint signs with.
     pub secret: Secret,
+    /// Which tenant each endpoint and message belongs to.
+    pub tenancy: Tenancy,
     started: Instant,
 }
 
@@ -97,6 +106,8 @@ impl Bench {
     /// `payload_bytes`, with types spreading them over the endpoints.
     pub async fn insert_backlog(&self, count: u64, prefix: &str) -> anyhow::Result<()> {
         let pad = "x".repeat(self.options.payload_bytes.saturating_sub(40));
+        // TODO(tenants): message g (type t{g % endpoints}) carries
+        // tenancy.of_type(g % endpoints): 't' || ((g % $3) % tenants).
         self.client
             .execute(
                 "INSERT INTO outbox.messages (event_id, event_type, payload)
@@ -123,19 +134,35 @@ impl Bench {
 /// Runs every phase and returns the report.
 pub async fn run(options: Options) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let (_cluster, url, _cleanup) = database(&options).await?;
+    let (_cluster, url, created) = database(&options).await?;
+    let report = phases(options, url, started).await;
+    if let Some(created) = created {
+        created.drop_now().await;
+    }
+    report
+}
+
+/// Every phase, on the bench database at `url`.
+async fn phases(options: Options, url: DatabaseUrl, started: Instant) -> anyhow::Result<Report> {
     let db = Db::new(&url)?;
     let mut client = db.connect().await?;
     migrate::run(&mut client).await?;
+    tenants::check_schema(&client, options.tenants).await?;
+    let tenancy = Tenancy::new(options.tenants, options.endpoints, options.fan_out)
+        .map_err(anyhow::Error::msg)?;
     let secret = Secret::generate();
-    let receiver =
-        Receiver::start(Some(Verifier::new(vec![secret.clone()])), |_| Reply::ok()).await?;
+    let latency = options.receiver_latency;
+    let receiver = Receiver::start(Some(Verifier::new(vec![secret.clone()])), move |_| {
+        Reply::ok().delay(latency)
+    })
+    .await?;
     let bench = Bench {
         options,
         url,
         client,
         receiver,
         secret,
+        tenancy,
         started,
     };
     register_endpoints(&bench).await?;
@@ -147,7 +174,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     report.ceiling_claim_rows_per_sec = ceilings::claim(&bench).await?;
     bench.progress("drain and latency with `outboxd run`");
     drain::run(&bench, &mut report).await?;
-    bench.progress("producers: 8 concurrent single-row inserters per wake-up mode");
+    bench
+        .progress("producers: 8 concurrent single-row inserters, plain table and per wake-up mode");
     report.producer_inserts_per_sec = producers::run(&bench).await?;
     bench.progress("claim cost: empty table vs finished rows");
     (report.claim_ms_empty, report.claim_ms_with_finished) = claim_cost::run(&bench).await?;
@@ -160,7 +188,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 /// or a new database on `--database-url`'s server, dropped afterwards.
 async fn database(
     options: &Options,
-) -> anyhow::Result<(Option<TempPostgres>, DatabaseUrl, Option<DropDatabase>)> {
+) -> anyhow::Result<(Option<TempPostgres>, DatabaseUrl, Option<CreatedDatabase>)> {
     match &options.database_url {
         None => {
             let cluster = tokio::task::spawn_blocking(|| {
@@ -189,10 +217,7 @@ async fn database(
             Ok((
                 None,
                 DatabaseUrl::new(url),
-                Some(DropDatabase {
-                    client: Arc::new(client),
-                    name,
-                }),
+                Some(CreatedDatabase { client, name }),
             ))
         }
     }
@@ -213,30 +238,30 @@ fn rebuild_url(url: &str, database: &str) -> String {
     }
 }
 
-/// Drops the bench database on the user's server when the bench ends.
-struct DropDatabase {
-    client: Arc<Client>,
+/// The bench database on the user's server, dropped when the bench ends,
+/// whether it succeeded or not. Awaited, not left to `Drop`: a task spawned
+/// there never ran once the runtime shut down, and every run left its
+/// database behind.
+struct CreatedDatabase {
+    client: Client,
     name: String,
 }
 
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let client = self.client.clone();
+impl CreatedDatabase {
+    async fn drop_now(self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        tokio::spawn(async move {
-            let _ = client.batch_execute(&sql).await;
-        });
+        if let Err(error) = self.client.batch_execute(&sql).await {
+            eprintln!("could not drop the bench database {}: {error}", self.name);
+        }
     }
 }
 
 /// Endpoints `e0..eN`, each subscribed to `fan_out` of the message types,
 /// all pointing at the receiver, capped at the sidecar concurrency.
 async fn register_endpoints(bench: &Bench) -> anyhow::Result<()> {
-    let n = bench.options.endpoints;
-    for i in 0..n {
-        let types: Vec<String> = (0..bench.options.fan_out)
-            .map(|k| format!("t{}", (i + k) % n))
-            .collect();
+    for i in 0..bench.options.endpoints {
+        let types = bench.tenancy.types_of(i, bench.options.fan_out);
+        // TODO(tenants): tenant_id = bench.tenancy.of_endpoint(i).
         bench
             .client
             .execute(

@@ -3,9 +3,15 @@
 //! creates its deliveries) while `outboxd run` delivers them, with no
 //! wake-up trigger (sidecar in poll mode), with the NOTIFY trigger (notify
 //! mode), and with the trigger off while the sidecar reads a logical slot.
+//!
+//! First, as the yardstick for all three, the same producers insert the
+//! same rows into a plain table (identity key, unique text event id, jsonb
+//! payload, no trigger) with no sidecar running: what the application's
+//! inserts cost without an outbox at all.
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use super::Bench;
@@ -15,6 +21,10 @@ use crate::db::Db;
 
 const PRODUCERS: u64 = 8;
 
+/// The plain table: `outbox.messages`' columns that a producer fills or
+/// that have a default, their types and keys, and nothing else.
+const PLAIN_TABLE: &str = "bench_plain_messages";
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     NoTrigger,
@@ -22,9 +32,12 @@ enum Mode {
     Logical,
 }
 
-/// Inserts per second in each mode.
+/// Inserts per second into the plain table, then in each mode.
 pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
-    let mut rates = ProducerRates::default();
+    let mut rates = ProducerRates {
+        plain_table: plain_table(bench).await?,
+        ..ProducerRates::default()
+    };
     for mode in [Mode::NoTrigger, Mode::Notify, Mode::Logical] {
         bench.reset().await?;
         let notify = mode == Mode::Notify;
@@ -33,7 +46,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
             .query_one("SELECT outbox.set_notify($1)", &[&notify])
             .await?;
         let running = sidecars(bench, mode)?;
-        let rate = produce(bench).await;
+        let rate = produce(bench, OUTBOX_INSERT).await;
         running.stop().await?;
         let rate = rate?;
         match mode {
@@ -47,10 +60,42 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
         .query_one("SELECT outbox.set_notify(true)", &[])
         .await?;
     bench.progress(&format!(
-        "  inserts/s: no trigger {:.0}, notify {:.0}, logical {:.0}",
-        rates.no_trigger, rates.notify_trigger, rates.logical
+        "  inserts/s: plain table {:.0}, no trigger {:.0}, notify {:.0}, logical {:.0}",
+        rates.plain_table, rates.no_trigger, rates.notify_trigger, rates.logical
     ));
     Ok(rates)
+}
+
+// TODO(tenants): type t0 carries tenancy.of_type(0).
+const OUTBOX_INSERT: &str =
+    "INSERT INTO outbox.messages (event_type, payload) VALUES ('t0', $1::text::jsonb)";
+
+/// Inserts per second into a fresh plain table in the bench database,
+/// with no sidecar running.
+async fn plain_table(bench: &Bench) -> anyhow::Result<f64> {
+    bench
+        .client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {PLAIN_TABLE};
+             CREATE TABLE {PLAIN_TABLE} (
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 event_id text NOT NULL UNIQUE DEFAULT gen_random_uuid()::text,
+                 event_type text NOT NULL,
+                 payload jsonb NOT NULL,
+                 created_at timestamptz NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .context("creating the plain table")?;
+    let insert =
+        format!("INSERT INTO {PLAIN_TABLE} (event_type, payload) VALUES ('t0', $1::text::jsonb)");
+    let rate = produce(bench, &insert).await;
+    bench
+        .client
+        .batch_execute(&format!("DROP TABLE {PLAIN_TABLE}"))
+        .await
+        .context("dropping the plain table")?;
+    rate
 }
 
 /// The sidecars that run beside the producers, delivering what they
@@ -65,19 +110,19 @@ fn sidecars(bench: &Bench, mode: Mode) -> anyhow::Result<Sidecars> {
     Sidecars::start(&bench.options, &bench.url, wakeup)
 }
 
-/// 8 producers inserting one row per transaction for the phase's length.
-async fn produce(bench: &Bench) -> anyhow::Result<f64> {
+/// 8 producers running `insert` (one row per transaction, its payload as
+/// `$1`) for the phase's length.
+async fn produce(bench: &Bench, insert: &str) -> anyhow::Result<f64> {
     let db = Db::new(&bench.url)?;
     let duration = Duration::from_secs_f64(bench.options.phase_secs);
     let mut tasks = JoinSet::new();
     let started = Instant::now();
     for p in 0..PRODUCERS {
         let db = db.clone();
+        let insert = insert.to_owned();
         tasks.spawn(async move {
             let client = db.connect().await?;
-            let insert = client
-                .prepare("INSERT INTO outbox.messages (event_type, payload) VALUES ('t0', $1::text::jsonb)")
-                .await?;
+            let insert = client.prepare(&insert).await?;
             let body = format!(r#"{{"producer":{p}}}"#);
             let mut n = 0u64;
             while started.elapsed() < duration {

@@ -22,12 +22,26 @@ pub struct Latency {
 /// Single-row inserts per second by 8 producers, per wake-up mode.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProducerRates {
+    /// The same rows into a plain table with no trigger, no sidecar.
+    pub plain_table: f64,
     /// The NOTIFY trigger off.
     pub no_trigger: f64,
     /// The NOTIFY trigger on, a listener connected.
     pub notify_trigger: f64,
     /// The trigger off, a logical slot being read.
     pub logical: f64,
+}
+
+impl ProducerRates {
+    /// What the outbox itself (fan-out, deliveries, a delivering sidecar)
+    /// leaves of the application's insert rate: `no_trigger / plain_table`.
+    pub fn no_trigger_to_plain_table(&self) -> f64 {
+        if self.plain_table > 0.0 {
+            self.no_trigger / self.plain_table
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Everything measured in one run.
@@ -55,6 +69,9 @@ pub struct Report {
     pub ceiling_claim_rows_per_sec: f64,
     /// Signed POSTs without the database.
     pub ceiling_http_per_sec: f64,
+    /// With a receiver latency, what the HTTP ceiling cannot exceed
+    /// whatever the CPU: requests in flight / latency.
+    pub ceiling_http_latency_bound_per_sec: Option<f64>,
     /// `1 / (1/claim + 1/http)`.
     pub ceiling_combined_per_sec: f64,
     /// `deliveries_per_sec / ceiling_combined_per_sec`.
@@ -67,6 +84,10 @@ pub struct Report {
     pub claim_ms_with_finished: f64,
     /// Largest peak RSS of a sidecar while draining.
     pub peak_rss_bytes: u64,
+    /// Connections the receiver accepted from the drain's sidecars (drain
+    /// and both latency phases): with connection reuse, about the
+    /// requests they had in flight at most, not one per delivery.
+    pub receiver_connections_drain: u64,
     /// Sidecar CPU time per 1,000 deliveries while draining.
     pub cpu_ms_per_1k_deliveries: f64,
 }
@@ -90,6 +111,11 @@ impl Report {
 
     /// Derives the combined ceiling and the efficiency.
     pub fn finish(&mut self) {
+        let latency = self.options.receiver_latency.as_secs_f64();
+        if latency > 0.0 {
+            let in_flight = self.options.concurrency as f64 * f64::from(self.options.replicas);
+            self.ceiling_http_latency_bound_per_sec = Some(in_flight / latency);
+        }
         let (claim, http) = (self.ceiling_claim_rows_per_sec, self.ceiling_http_per_sec);
         if claim > 0.0 && http > 0.0 {
             self.ceiling_combined_per_sec = 1.0 / (1.0 / claim + 1.0 / http);
@@ -108,23 +134,29 @@ impl Report {
             "latency_low_load_logical_ms": latency(&self.latency_low_load_logical_ms),
             "ceiling_claim_rows_per_sec": self.ceiling_claim_rows_per_sec,
             "ceiling_http_per_sec": self.ceiling_http_per_sec,
+            "ceiling_http_latency_bound_per_sec": self.ceiling_http_latency_bound_per_sec,
             "ceiling_combined_per_sec": self.ceiling_combined_per_sec,
             "efficiency": self.efficiency,
             "producer_inserts_per_sec": {
+                "plain_table": self.producer_inserts_per_sec.plain_table,
                 "no_trigger": self.producer_inserts_per_sec.no_trigger,
                 "notify_trigger": self.producer_inserts_per_sec.notify_trigger,
                 "logical": self.producer_inserts_per_sec.logical,
             },
+            "producer_no_trigger_to_plain_table": self.producer_inserts_per_sec.no_trigger_to_plain_table(),
             "claim_ms_empty": self.claim_ms_empty,
             "claim_ms_with_1m_finished": self.claim_ms_with_finished,
             "finished_rows": self.options.finished_rows,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "receiver_connections_drain": self.receiver_connections_drain,
             "cpu_ms_per_1k_deliveries": self.cpu_ms_per_1k_deliveries,
             "options": {
                 "messages": self.options.messages, "replicas": self.options.replicas, "concurrency": self.options.concurrency,
                 "batch_size": self.options.batch_size, "payload_bytes": self.options.payload_bytes,
                 "endpoints": self.options.endpoints, "fan_out": self.options.fan_out,
+                "tenants": self.options.tenants,
                 "async_commit": self.options.async_commit,
+                "receiver_latency_ms": self.options.receiver_latency.as_secs_f64() * 1000.0,
             },
             "machine": {
                 "cores": self.cores,
@@ -162,10 +194,7 @@ impl Report {
                 "ceiling: claim+complete rows/s",
                 format!("{:.0}", self.ceiling_claim_rows_per_sec),
             ),
-            (
-                "ceiling: signed HTTP requests/s",
-                format!("{:.0}", self.ceiling_http_per_sec),
-            ),
+            ("ceiling: signed HTTP requests/s", self.http_ceiling()),
             (
                 "ceiling: both sharing the CPU",
                 format!("{:.0}", self.ceiling_combined_per_sec),
@@ -178,8 +207,16 @@ impl Report {
                 lat(&self.latency_low_load_logical_ms),
             ),
             (
+                "producers, plain table (no outbox)",
+                format!("{:.0} inserts/s", p.plain_table),
+            ),
+            (
                 "producers, no wake-up trigger",
-                format!("{:.0} inserts/s", p.no_trigger),
+                format!(
+                    "{:.0} inserts/s ({:.2}x the plain table)",
+                    p.no_trigger,
+                    p.no_trigger_to_plain_table()
+                ),
             ),
             (
                 "producers, NOTIFY trigger",
@@ -209,6 +246,14 @@ impl Report {
                 format!("{:.1} MiB", self.peak_rss_bytes as f64 / 1048576.0),
             ),
             (
+                "receiver connections, drain",
+                format!(
+                    "{}  (drain and latency phases; at most {} requests in flight)",
+                    self.receiver_connections_drain,
+                    self.options.concurrency * self.options.replicas as usize
+                ),
+            ),
+            (
                 "sidecar CPU per 1,000 deliveries",
                 format!("{:.1} ms", self.cpu_ms_per_1k_deliveries),
             ),
@@ -224,14 +269,16 @@ impl Report {
             (
                 "run",
                 format!(
-                    "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), fan-out {}",
+                    "{} messages, {} sidecar(s) x {} in flight, batch {}, {} B payload, {} endpoint(s), {} tenant(s), fan-out {}, receiver latency {}",
                     self.options.messages,
                     self.options.replicas,
                     self.options.concurrency,
                     self.options.batch_size,
                     self.options.payload_bytes,
                     self.options.endpoints,
-                    self.options.fan_out
+                    self.options.tenants,
+                    self.options.fan_out,
+                    humantime::format_duration(self.options.receiver_latency)
                 ),
             ),
         ];
@@ -240,6 +287,21 @@ impl Report {
             .map(|(k, v)| vec![k.to_owned(), v])
             .collect();
         table::render(&["measure", "result"], &rows)
+    }
+
+    /// The HTTP ceiling, and with a receiver latency the bound it cannot
+    /// pass: then it measures the latency more than the client.
+    fn http_ceiling(&self) -> String {
+        match self.ceiling_http_latency_bound_per_sec {
+            Some(bound) => format!(
+                "{:.0}  (receiver latency {}: at most {:.0} with {} in flight)",
+                self.ceiling_http_per_sec,
+                humantime::format_duration(self.options.receiver_latency),
+                bound,
+                self.options.concurrency * self.options.replicas as usize
+            ),
+            None => format!("{:.0}", self.ceiling_http_per_sec),
+        }
     }
 }
 

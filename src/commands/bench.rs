@@ -13,6 +13,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.endpoints
         );
     }
+    if let Err(problem) =
+        crate::bench::tenants::Tenancy::new(args.tenants, args.endpoints, args.fan_out)
+    {
+        bail!("{problem}");
+    }
     let options = crate::bench::Options {
         messages: args.messages,
         replicas: args.replicas.max(1),
@@ -21,11 +26,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         payload_bytes: args.payload_bytes,
         endpoints: args.endpoints,
         fan_out: args.fan_out,
+        tenants: args.tenants,
         finished_rows: args.finished_rows,
         phase_secs: args.phase_secs.max(0.5),
         database_url: args.database_url,
         sidecar_bin: std::env::current_exe().context("locating the outboxd executable")?,
         async_commit: args.async_commit,
+        receiver_latency: args.receiver_latency,
     };
     let report = crate::bench::run(options).await?;
     if args.json {

@@ -6,17 +6,20 @@
 //! - [`outcome`] turns what happened into the delivery's next state;
 //! - [`egress`] decides which addresses may be connected to (SSRF guard);
 //! - [`client`] builds the HTTP clients (shared, or per endpoint for custom
-//!   TLS).
+//!   TLS);
+//! - [`payload`] holds a payload so that its request body is not a copy.
 
 pub mod client;
 pub mod egress;
 pub mod outcome;
+pub mod payload;
 pub mod request;
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use outcome::{AttemptRecord, Exchange, Outcome, Verdict};
+pub use payload::Payload;
 pub use request::Deliverer;
 
 /// A claimed delivery: everything needed to attempt it, read in the claim
@@ -46,7 +49,7 @@ pub struct Job {
     /// `messages.event_type`, for logs.
     pub event_type: String,
     /// The request body: the payload as JSON text.
-    pub payload: String,
+    pub payload: Payload,
     /// Endpoint URL.
     pub url: String,
     /// Endpoint secrets as stored (`whsec_...`); parsed per attempt so that

@@ -32,7 +32,9 @@ pub struct Deliverer {
     default_timeout: Duration,
     /// See [`Config::longest_request`].
     longest_request: Duration,
-    retry: RetryPolicy,
+    /// Shared: the dispatcher clones the deliverer into every delivery
+    /// task, which must not copy the schedule each time.
+    retry: Arc<RetryPolicy>,
 }
 
 impl Deliverer {
@@ -46,7 +48,7 @@ impl Deliverer {
             egress,
             default_timeout: config.request_timeout,
             longest_request: config.longest_request(),
-            retry: config.retry.clone(),
+            retry: Arc::new(config.retry.clone()),
         })
     }
 
@@ -161,7 +163,7 @@ impl Deliverer {
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        Ok(client.post(url).headers(headers).body(job.payload.clone()))
+        Ok(client.post(url).headers(headers).body(job.payload.body()))
     }
 
     async fn send(
@@ -204,7 +206,12 @@ impl Deliverer {
 /// [`RESPONSE_EXCERPT_CAP`]. A body that fails midway keeps what arrived:
 /// the status line already decided the outcome.
 async fn read_excerpt(response: &mut reqwest::Response) -> Option<String> {
-    let mut kept = Vec::new();
+    // Sized once from Content-Length when there is one: a request in
+    // flight then holds no more than its excerpt needs.
+    let expected = response
+        .content_length()
+        .map_or(RESPONSE_EXCERPT_CAP, |n| n as usize);
+    let mut kept = Vec::with_capacity(expected.min(RESPONSE_EXCERPT_CAP));
     let mut read = 0usize;
     while read < RESPONSE_READ_CAP {
         match response.chunk().await {
@@ -219,8 +226,16 @@ async fn read_excerpt(response: &mut reqwest::Response) -> Option<String> {
     if kept.is_empty() {
         return None;
     }
-    // Postgres text cannot hold NUL; the cut may split a UTF-8 character.
-    Some(String::from_utf8_lossy(&kept).replace('\0', "\u{fffd}"))
+    // The cut may split a UTF-8 character; valid text is kept as it is,
+    // without a copy.
+    let text = String::from_utf8(kept)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
+    // Postgres text cannot hold NUL.
+    Some(if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text
+    })
 }
 
 /// Headers that belong to HTTP itself: the target, the body's framing and

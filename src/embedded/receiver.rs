@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +15,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -111,12 +112,21 @@ impl Reply {
 
 type Script = dyn Fn(&Received) -> Reply + Send + Sync;
 
+/// Connections that may wait to be accepted. A sender that opens a
+/// thousand connections at once (the benchmark at `--concurrency 1024`)
+/// overflowed tokio's default of 1024: the kernel dropped their SYNs and
+/// the clients sent them again a second later, so the receiver, not the
+/// sender, set the pace. The kernel caps this at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
 struct State {
     script: Box<Script>,
     verifier: Option<Verifier>,
     log: Mutex<Vec<Received>>,
     seen: Mutex<HashMap<String, u32>>,
     count: watch::Sender<usize>,
+    /// Connections accepted so far.
+    connections: AtomicUsize,
 }
 
 /// A running receiver; stops when dropped.
@@ -143,7 +153,7 @@ impl Receiver {
         verifier: Option<Verifier>,
         script: impl Fn(&Received) -> Reply + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             script: Box::new(script),
@@ -151,6 +161,7 @@ impl Receiver {
             log: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
             count: watch::Sender::new(0),
+            connections: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         tokio::spawn(serve(listener, state.clone(), stop.clone()));
@@ -175,6 +186,13 @@ impl Receiver {
     /// How many requests arrived so far.
     pub fn count(&self) -> usize {
         *self.state.count.borrow()
+    }
+
+    /// How many connections were accepted so far: with keep-alive, about
+    /// as many as requests were ever in flight at once, not one per
+    /// request.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     /// Waits until `done` holds for the requests received (checked on every
@@ -208,6 +226,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A listener on `addr` with room for [`ACCEPT_BACKLOG`] connections not
+/// yet accepted (as `TcpListener::bind`, which allows 1024).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // A receiver started again on the port of a stopped one (an outage)
+    // must not wait for its old connections' TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
     loop {
         let stream = tokio::select! {
@@ -218,6 +250,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken
             },
         };
         let _ = stream.set_nodelay(true);
+        state.connections.fetch_add(1, Ordering::Relaxed);
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -302,6 +302,37 @@ async fn huge_error_bodies_are_cut_to_the_excerpt_cap() {
     assert_eq!(status_of(&db, "big-answer").await.0, "delivered");
 }
 
+#[tokio::test]
+async fn nul_bytes_and_broken_utf8_in_an_answer_are_stored_as_replacement_characters() {
+    let db = fresh_db().await;
+    let receiver = Receiver::start(None, |r| {
+        if r.nth == 1 {
+            Reply::status(500).body(&b"bad\0news \xff"[..])
+        } else {
+            Reply::ok()
+        }
+    })
+    .await
+    .unwrap();
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let sidecar = spawn(config(&db));
+    insert_message(&db.client, "odd-answer", "t", "{}").await;
+    assert!(wait_settled(&db.client, WAIT).await);
+    sidecar.stop().await;
+
+    let excerpt: String = db
+        .client
+        .query_one(
+            "SELECT response_excerpt FROM outbox.attempts WHERE attempt = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(excerpt, "bad\u{fffd}news \u{fffd}");
+    assert_eq!(status_of(&db, "odd-answer").await.0, "delivered");
+}
+
 /// An endpoint's `timeout_ms` longer than the lease allows is capped: the
 /// request ends (and its outcome is written) before the lease does, so no
 /// second claim sends the same delivery while the first is still waiting.
