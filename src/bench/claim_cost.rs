@@ -22,24 +22,21 @@ pub async fn run(bench: &Bench) -> anyhow::Result<(f64, f64)> {
         .client
         .batch_execute("ALTER TABLE outbox.messages DISABLE TRIGGER messages_notify;")
         .await?;
-    // TODO(tenants): these messages (type t0, to e0) carry
-    // tenancy.of_type(0).
-    bench
-        .client
-        .execute(
-            // Routed already: their deliveries are written below.
-            "INSERT INTO outbox.messages (event_id, event_type, payload, created_at, routed)
-             SELECT 'done-' || g, 't0', '{}', now() - interval '1 hour', true
-             FROM generate_series(1, $1::bigint) g",
-            &[&finished],
-        )
-        .await?;
+    // Type t0, to e0, in their tenant; routed already: their deliveries
+    // are written below.
+    let insert = format!(
+        "INSERT INTO outbox.messages (event_id, event_type, payload, created_at, routed, tenant_id)
+         SELECT 'done-' || g, 't0', '{{}}', now() - interval '1 hour', true, {}
+         FROM generate_series(1, $1::bigint) g",
+        bench.tenancy.of_type_sql(0)
+    );
+    bench.client.execute(&insert, &[&finished]).await?;
     bench
         .client
         .batch_execute(
             "ALTER TABLE outbox.messages ENABLE TRIGGER messages_notify;
-             INSERT INTO outbox.deliveries (message_id, endpoint_id, status, attempts, next_attempt_at, delivered_at)
-             SELECT id, 'e0', 'delivered', 1, NULL, now() FROM outbox.messages;",
+             INSERT INTO outbox.deliveries (message_id, endpoint_id, tenant_id, status, attempts, next_attempt_at, delivered_at)
+             SELECT id, 'e0', tenant_id, 'delivered', 1, NULL, now() FROM outbox.messages;",
         )
         .await?;
     // One statement each: VACUUM cannot run in a (multi-statement)

@@ -186,14 +186,18 @@ async fn latency(
     let interval = Duration::from_secs_f64(producers as f64 / rate);
     let mut tasks = JoinSet::new();
     let started = Instant::now();
+    let tenant = bench.tenancy.of_type_sql(0);
     for p in 0..producers {
         let db = db.clone();
         let prefix = prefix.to_owned();
+        let tenant = tenant.clone();
         tasks.spawn(async move {
             let client = db.connect().await?;
-            // TODO(tenants): type t0 carries tenancy.of_type(0).
             let insert = client
-                .prepare("INSERT INTO outbox.messages (event_id, event_type, payload) VALUES ($1, 't0', '{}')")
+                .prepare(&format!(
+                    "INSERT INTO outbox.messages (event_id, event_type, payload, tenant_id)
+                     VALUES ($1, 't0', '{{}}', {tenant})"
+                ))
                 .await?;
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

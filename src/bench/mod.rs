@@ -106,18 +106,19 @@ impl Bench {
     /// `payload_bytes`, with types spreading them over the endpoints.
     pub async fn insert_backlog(&self, count: u64, prefix: &str) -> anyhow::Result<()> {
         let pad = "x".repeat(self.options.payload_bytes.saturating_sub(40));
-        // TODO(tenants): message g (type t{g % endpoints}) carries
-        // tenancy.of_type(g % endpoints): 't' || ((g % $3) % tenants).
+        // Message g has type t{g % endpoints}, and that type's tenant.
         self.client
             .execute(
-                "INSERT INTO outbox.messages (event_id, event_type, payload)
-                 SELECT $1 || g, 't' || (g % $3), jsonb_build_object('n', g, 'pad', $4::text)
+                "INSERT INTO outbox.messages (event_id, event_type, payload, tenant_id)
+                 SELECT $1 || g, 't' || (g % $3), jsonb_build_object('n', g, 'pad', $4::text),
+                        CASE WHEN $5 > 0 THEN 't' || ((g % $3) % $5) END
                  FROM generate_series(1, $2::bigint) g",
                 &[
                     &prefix,
                     &(count as i64),
                     &(self.options.endpoints as i64),
                     &pad,
+                    &(self.tenancy.tenants() as i32),
                 ],
             )
             .await
@@ -261,12 +262,11 @@ impl CreatedDatabase {
 async fn register_endpoints(bench: &Bench) -> anyhow::Result<()> {
     for i in 0..bench.options.endpoints {
         let types = bench.tenancy.types_of(i, bench.options.fan_out);
-        // TODO(tenants): tenant_id = bench.tenancy.of_endpoint(i).
         bench
             .client
             .execute(
-                "INSERT INTO outbox.endpoints (id, url, secrets, event_types, max_in_flight)
-                 VALUES ($1, $2, ARRAY[$3], $4, $5)",
+                "INSERT INTO outbox.endpoints (id, url, secrets, event_types, max_in_flight, tenant_id)
+                 VALUES ($1, $2, ARRAY[$3], $4, $5, $6)",
                 &[
                     &format!("e{i}"),
                     &bench.receiver.url(),
@@ -274,6 +274,7 @@ async fn register_endpoints(bench: &Bench) -> anyhow::Result<()> {
                     &types,
                     &((bench.options.concurrency * bench.options.replicas as usize).min(10_000)
                         as i32),
+                    &bench.tenancy.of_endpoint(i),
                 ],
             )
             .await

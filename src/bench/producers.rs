@@ -46,7 +46,11 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
             .query_one("SELECT outbox.set_notify($1)", &[&notify])
             .await?;
         let running = sidecars(bench, mode)?;
-        let rate = produce(bench, OUTBOX_INSERT).await;
+        let insert = format!(
+            "INSERT INTO outbox.messages (event_type, payload, tenant_id) VALUES ('t0', $1::text::jsonb, {})",
+            bench.tenancy.of_type_sql(0)
+        );
+        let rate = produce(bench, &insert).await;
         running.stop().await?;
         let rate = rate?;
         match mode {
@@ -65,10 +69,6 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
     ));
     Ok(rates)
 }
-
-// TODO(tenants): type t0 carries tenancy.of_type(0).
-const OUTBOX_INSERT: &str =
-    "INSERT INTO outbox.messages (event_type, payload) VALUES ('t0', $1::text::jsonb)";
 
 /// Inserts per second into a fresh plain table in the bench database,
 /// with no sidecar running.
