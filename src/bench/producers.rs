@@ -1,6 +1,6 @@
 //! What each wake-up mode costs the application: single-row inserts per
-//! second from 8 concurrent producers (fan-out included: every insert also
-//! creates its deliveries) while `outboxd run` delivers them, with no
+//! second from 8 concurrent producers while `outboxd run` routes and
+//! delivers them (on the same machine), with no
 //! wake-up trigger (sidecar in poll mode), with the NOTIFY trigger (notify
 //! mode), and with the trigger off while the sidecar reads a logical slot.
 //!
