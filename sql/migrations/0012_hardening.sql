@@ -304,14 +304,20 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT hashtext(endpoint_id || chr(31) || ordering_key)
 $$;
 
+-- PL/pgSQL: called once per key, and a SQL function that cannot be
+-- inlined (a pinned search_path prevents it) is planned at every call.
 CREATE FUNCTION outbox.lock_ordering_key(endpoint_id text, ordering_key text) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_advisory_xact_lock(1868724225, outbox.ordering_lock_key(endpoint_id, ordering_key))
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1868724225, outbox.ordering_lock_key(endpoint_id, ordering_key));
+END
 $$;
 
 CREATE FUNCTION outbox.try_lock_ordering_key(endpoint_id text, ordering_key text) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_try_advisory_xact_lock(1868724225, outbox.ordering_lock_key(endpoint_id, ordering_key))
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN pg_try_advisory_xact_lock(1868724225, outbox.ordering_lock_key(endpoint_id, ordering_key));
+END
 $$;
 
 -- Fan-out as in 0006, with the keys' locks taken in the order of their

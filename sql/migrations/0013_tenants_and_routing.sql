@@ -201,14 +201,20 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT hashtext(coalesce(tenant_id, '') || chr(31) || ordering_key)
 $$;
 
+-- PL/pgSQL: called once per row, and a SQL function that cannot be
+-- inlined (a pinned search_path prevents it) is planned at every call.
 CREATE FUNCTION outbox.lock_message_key(tenant_id text, ordering_key text) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_advisory_xact_lock(1868724226, outbox.message_lock_key(tenant_id, ordering_key))
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1868724226, outbox.message_lock_key(tenant_id, ordering_key));
+END
 $$;
 
 CREATE FUNCTION outbox.try_lock_message_key(tenant_id text, ordering_key text) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_try_advisory_xact_lock(1868724226, outbox.message_lock_key(tenant_id, ordering_key))
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN pg_try_advisory_xact_lock(1868724226, outbox.message_lock_key(tenant_id, ordering_key));
+END
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -324,7 +330,11 @@ CREATE TRIGGER messages_accept
 CREATE FUNCTION outbox.route_targets(ids bigint[])
 RETURNS TABLE (message_id bigint, endpoint_id text, tenant_id text, ordering_key text,
                due_at timestamptz, refusal text, block_on_dead boolean)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- PL/pgSQL rather than SQL: its plan is cached per session (a SQL function
+-- that cannot be inlined is planned again at every call).
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT m.id, e.id, m.tenant_id, m.ordering_key, coalesce(m.deliver_after, now()),
            CASE WHEN e.tenant_id IS DISTINCT FROM m.tenant_id
                 THEN format('endpoint "%s" moved to another tenant after this message was written', e.id)
@@ -334,15 +344,23 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     JOIN outbox.endpoints e ON e.id = m.endpoint_id
     WHERE m.id = ANY (ids)
     UNION ALL
+    -- Two index probes per message, whatever the statistics say (a join
+    -- the planner may turn into a scan of every subscription).
     SELECT m.id, e.id, m.tenant_id, m.ordering_key, coalesce(m.deliver_after, now()), NULL, e.block_on_dead
     FROM outbox.messages m
-    JOIN outbox.subscriptions s
-      ON s.tenant_key = coalesce(m.tenant_id, '') AND s.event_type IN (m.event_type, '')
+    CROSS JOIN LATERAL (
+        SELECT s.endpoint_id FROM outbox.subscriptions s
+        WHERE s.tenant_key = coalesce(m.tenant_id, '') AND s.event_type = m.event_type
+        UNION ALL
+        SELECT s.endpoint_id FROM outbox.subscriptions s
+        WHERE s.tenant_key = coalesce(m.tenant_id, '') AND s.event_type = ''
+    ) s
     JOIN outbox.endpoints e ON e.id = s.endpoint_id
     WHERE m.id = ANY (ids)
       AND m.endpoint_id IS NULL
       AND e.created_at <= m.created_at
-      AND (e.enabled OR e.disabled_at > m.created_at)
+      AND (e.enabled OR e.disabled_at > m.created_at);
+END
 $$;
 
 -- Routes committed messages into their deliveries: up to max_messages
@@ -518,18 +536,22 @@ $roles$;
 -- a member of outbox_tenant_reader (checked through the membership
 -- catalog, since superusers count as members of every role); for a member,
 -- the setting outbox.tenant_id, or, unset, a value no tenant has.
+-- (PL/pgSQL, so that its plan is cached per session.)
 CREATE FUNCTION outbox.tenant_scope() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE member_of(oid) AS (
-        SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user
-        UNION
-        SELECT m.roleid FROM pg_auth_members m JOIN member_of o ON m.member = o.oid
-    )
-    SELECT CASE
-        WHEN EXISTS (SELECT 1 FROM member_of o JOIN pg_roles r ON r.oid = o.oid
-                     WHERE r.rolname = 'outbox_tenant_reader')
-        THEN coalesce(nullif(current_setting('outbox.tenant_id', true), ''), E'\x01(outbox.tenant_id is not set)')
-    END
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (WITH RECURSIVE member_of(oid) AS (
+                   SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user
+                   UNION
+                   SELECT m.roleid FROM pg_auth_members m JOIN member_of o ON m.member = o.oid
+               )
+               SELECT 1 FROM member_of o JOIN pg_roles r ON r.oid = o.oid
+               WHERE r.rolname = 'outbox_tenant_reader') THEN
+        RETURN coalesce(nullif(current_setting('outbox.tenant_id', true), ''),
+                        E'\x01(outbox.tenant_id is not set)');
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 -- A message not yet routed is one row, pending, without a delivery (and

@@ -92,7 +92,10 @@ BEGIN
                           WHERE f.endpoint_id = e.id AND f.status = 'in_flight' AND f.next_attempt_at > now()),
                      coalesce(floor(t.tokens)::bigint, max_rows)) AS room,
                t.tokens
-        FROM outbox.endpoints e
+        -- By key: a filter `e.id = ANY (mine)` compares every endpoint with
+        -- every id (a million comparisons with a thousand endpoints).
+        FROM unnest(mine) AS picked_endpoint(id)
+        JOIN outbox.endpoints e ON e.id = picked_endpoint.id
         CROSS JOIN LATERAL (
             SELECT CASE WHEN e.rate_limit IS NOT NULL
                         THEN least(greatest(e.rate_limit, 1),
@@ -100,7 +103,6 @@ BEGIN
                                      + e.rate_limit * extract(epoch FROM now() - coalesce(e.rate_updated_at, now())))
                    END AS tokens
         ) t
-        WHERE e.id = ANY (mine)
     ), open AS (
         SELECT c.*,
                count(*) OVER (PARTITION BY c.tenant_id) AS tenant_endpoints,

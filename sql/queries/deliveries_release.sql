@@ -7,10 +7,15 @@ SET status = 'pending',
     next_attempt_at = now(),
     lease_owner = NULL,
     updated_at = now()
-FROM unnest($2::bigint[], $3::int[], $4::timestamptz[]) AS r(delivery_id, attempt, leased_until)
+-- `was` as a column (OFFSET 0 keeps the planner from folding it back into
+-- a constant): one primary-key probe per claim, whatever the statistics
+-- (see deliveries_complete.sql).
+FROM (SELECT *, 'in_flight'::text AS was
+      FROM unnest($2::bigint[], $3::int[], $4::timestamptz[]) AS u(delivery_id, attempt, leased_until)
+      OFFSET 0) r
 WHERE d.id = r.delivery_id
   AND d.attempts = r.attempt
   AND d.next_attempt_at = r.leased_until
   AND d.lease_owner = $1
-  AND d.status = 'in_flight'
+  AND d.status = r.was
 RETURNING d.id
