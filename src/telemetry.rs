@@ -226,7 +226,7 @@ mod tests {
         // samples needs; from here on the resident size should stay flat.
         let warm = record_for(Duration::from_millis(1500));
         let before = rss_kib();
-        let measured = record_for(Duration::from_secs(2));
+        let measured = record_for(Duration::from_secs(4));
         println!(
             "samples={} rss_growth_kib={}",
             warm + measured,
@@ -261,8 +261,11 @@ mod tests {
             .find_map(|word| word.strip_prefix("rss_growth_kib="))
             .and_then(|kib| kib.parse().ok())
             .unwrap_or_else(|| panic!("no measurement in {stdout}"));
+        // Four million samples unscraped held 50 to 75 MB before upkeep
+        // ran; with it, at most a period's worth stays, even when a busy
+        // machine delays an upkeep.
         assert!(
-            growth < 4 * 1024,
+            growth < 12 * 1024,
             "resident size grew by {growth} KiB: {stdout}"
         );
     }

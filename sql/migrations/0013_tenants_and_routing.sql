@@ -332,7 +332,7 @@ RETURNS TABLE (message_id bigint, endpoint_id text, tenant_id text, ordering_key
                due_at timestamptz, refusal text, block_on_dead boolean)
 -- PL/pgSQL rather than SQL: its plan is cached per session (a SQL function
 -- that cannot be inlined is planned again at every call).
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET enable_seqscan = off SET jit = off SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     SELECT m.id, e.id, m.tenant_id, m.ordering_key, coalesce(m.deliver_after, now()),
@@ -371,7 +371,9 @@ $$;
 -- (not yet committed) or another router holds: an earlier message of the
 -- key may still arrive, and the key waits for it.
 CREATE FUNCTION outbox.route(max_messages integer) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+-- Index scans only, whatever the statistics said when the session's plans
+-- were made (see outbox.claim in 0014).
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     picked bigint[];
     keyed bigint[];

@@ -45,6 +45,19 @@ impl Queries {
     /// Connects and prepares.
     pub async fn connect(db: &Db) -> Result<Self, DbError> {
         let client = db.connect().await?;
+        // Every statement here runs on its indexes. Plans are made once per
+        // connection, perhaps while the tables are nearly empty (a new
+        // database, or after a TRUNCATE), when a sequential scan looks
+        // cheapest; the outcome write would then scan every delivery. No
+        // JIT either: with that penalty every plan would look expensive
+        // enough to compile, 100 ms and more each time.
+        within(
+            db,
+            &client,
+            "setting up the connection",
+            client.batch_execute("SET enable_seqscan = off; SET jit = off"),
+        )
+        .await?;
         let prepare = |sql| client.prepare(sql);
         let (route, claim, complete, release, next_due, leave_waiting, try_lock_keys) = within(
             db,
