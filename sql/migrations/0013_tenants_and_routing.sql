@@ -218,106 +218,90 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------
--- What an insert into outbox.messages checks (one pass over the new rows,
--- as 0012's check_messages, now also the tenant and an explicit endpoint),
--- and the keys it locks. Replaces the messages_check and messages_fan_out
--- triggers.
-CREATE FUNCTION outbox.accept_messages() RETURNS trigger
+-- What an insert into outbox.messages checks. A statement trigger over the
+-- new rows (0012's check_messages) cost producers a quarter of their rate
+-- before doing anything, and half with its checks (8 producers, measured
+-- with pgbench). Now:
+-- - the rules on the row alone are CHECK constraints, evaluated inline;
+--   their names say what is wrong (SQLSTATE 23514). NOT VALID: rows
+--   written before this migration are not examined again;
+-- - the payload cap is one too, rebuilt when outbox.settings changes;
+-- - only a message that names an endpoint or has an ordering key runs a
+--   row trigger: the endpoint must exist and belong to the message's
+--   tenant, and the key's lock is held until the producer commits.
+ALTER TABLE outbox.messages
+    ADD CONSTRAINT event_id_max_256_bytes_no_control_characters
+        CHECK (octet_length(event_id) <= 256 AND event_id !~ '[[:cntrl:]]') NOT VALID,
+    ADD CONSTRAINT event_type_not_blank_max_256_bytes_no_control_chars
+        CHECK (btrim(event_type) <> '' AND octet_length(event_type) <= 256 AND event_type !~ '[[:cntrl:]]') NOT VALID,
+    ADD CONSTRAINT ordering_key_max_256_bytes
+        CHECK (octet_length(ordering_key) <= 256) NOT VALID,
+    ADD CONSTRAINT tenant_id_not_blank_max_256_bytes_no_control_chars
+        CHECK (btrim(tenant_id) <> '' AND octet_length(tenant_id) <= 256 AND tenant_id !~ '[[:cntrl:]]') NOT VALID,
+    ADD CONSTRAINT payload_within_max_payload_bytes
+        CHECK (octet_length(payload::text) <= 262144) NOT VALID;
+COMMENT ON CONSTRAINT payload_within_max_payload_bytes ON outbox.messages IS
+    'The payload''s JSON text (the request body) is at most outbox.settings.max_payload_bytes; rebuilt when that changes.';
+
+-- SECURITY DEFINER: whoever may change the settings rebuilds the check.
+-- ALTER TABLE holds the messages table for a moment: inserts wait.
+CREATE FUNCTION outbox.apply_payload_cap() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cap integer;
-    bad record;
 BEGIN
-    SELECT s.max_payload_bytes INTO cap FROM outbox.settings s;
-    SELECT n.event_id, n.endpoint_id, n.tenant_id, p.problem, octet_length(n.payload::text) AS size INTO bad
-    FROM new_messages n
-    CROSS JOIN LATERAL (
-        SELECT CASE
-                   WHEN octet_length(n.event_id) > 256 THEN 'event_id_long'
-                   WHEN n.event_id ~ '[[:cntrl:]]' THEN 'event_id_control'
-                   WHEN btrim(n.event_type) = '' THEN 'event_type_empty'
-                   WHEN octet_length(n.event_type) > 256 OR n.event_type ~ '[[:cntrl:]]' THEN 'event_type_bad'
-                   WHEN octet_length(n.ordering_key) > 256 THEN 'ordering_key_long'
-                   WHEN btrim(n.tenant_id) = '' OR octet_length(n.tenant_id) > 256 OR n.tenant_id ~ '[[:cntrl:]]'
-                       THEN 'tenant_bad'
-                   WHEN octet_length(n.payload::text) > cap THEN 'payload_large'
-               END AS problem
-    ) p
-    WHERE p.problem IS NOT NULL
-    LIMIT 1;
-    IF FOUND THEN
-        CASE bad.problem
-        WHEN 'event_id_long' THEN
-            RAISE EXCEPTION 'outbox.messages: event_id "%" is % bytes, above the cap of 256', outbox.shown(bad.event_id), octet_length(bad.event_id)
-                USING ERRCODE = 'check_violation',
-                      HINT = 'An event id names the event for receivers (the webhook-id header): a UUID or e.g. order-123-created.';
-        WHEN 'event_id_control' THEN
-            RAISE EXCEPTION 'outbox.messages: event_id "%" contains a control character (CR, LF, ...)', outbox.shown(bad.event_id)
-                USING ERRCODE = 'check_violation',
-                      HINT = 'The event id is sent as the webhook-id header, which cannot carry control characters.';
-        WHEN 'event_type_empty' THEN
-            RAISE EXCEPTION 'outbox.messages: event_type of event_id "%" is empty', outbox.shown(bad.event_id)
-                USING ERRCODE = 'check_violation',
-                      HINT = 'Name the kind of event, e.g. order.created: receivers and endpoint filters route on it.';
-        WHEN 'event_type_bad' THEN
-            RAISE EXCEPTION 'outbox.messages: event_type of event_id "%" is longer than 256 bytes or contains a control character', outbox.shown(bad.event_id)
-                USING ERRCODE = 'check_violation',
-                      HINT = 'Name the kind of event, e.g. order.created: receivers and endpoint filters route on it.';
-        WHEN 'ordering_key_long' THEN
-            RAISE EXCEPTION 'outbox.messages: ordering_key of event_id "%" is longer than 256 bytes', outbox.shown(bad.event_id)
-                USING ERRCODE = 'check_violation',
-                      HINT = 'Use the id of the entity whose events must stay in order, e.g. the order id.';
-        WHEN 'tenant_bad' THEN
-            RAISE EXCEPTION 'outbox.messages: tenant_id of event_id "%" is empty, longer than 256 bytes or has control characters', outbox.shown(bad.event_id)
-                USING ERRCODE = 'check_violation',
-                      HINT = 'Name the customer the event belongs to, or leave tenant_id NULL for none.';
-        ELSE
-            RAISE EXCEPTION 'outbox.messages: payload of event_id "%" is % bytes, above the cap of % bytes',
-                    outbox.shown(bad.event_id), bad.size, cap
-                USING ERRCODE = 'check_violation',
-                      HINT = 'Send a reference to large data instead, or raise outbox.settings.max_payload_bytes.';
-        END CASE;
-    END IF;
-
-    -- An explicit endpoint must exist and belong to the message's tenant.
-    SELECT n.event_id, n.endpoint_id, n.tenant_id, e.id IS NOT NULL AS known INTO bad
-    FROM new_messages n
-    LEFT JOIN outbox.endpoints e ON e.id = n.endpoint_id
-    WHERE n.endpoint_id IS NOT NULL
-      AND (e.id IS NULL OR e.tenant_id IS DISTINCT FROM n.tenant_id)
-    LIMIT 1;
-    IF FOUND AND NOT bad.known THEN
-        RAISE EXCEPTION 'outbox.messages: unknown endpoint_id "%"', outbox.shown(bad.endpoint_id)
-            USING ERRCODE = 'foreign_key_violation',
-                  HINT = 'Insert the endpoint into outbox.endpoints first, or leave endpoint_id NULL to fan out by event_type.';
-    ELSIF FOUND THEN
-        RAISE EXCEPTION 'outbox.messages: endpoint "%" does not belong to the tenant of event_id "%"',
-                outbox.shown(bad.endpoint_id), outbox.shown(bad.event_id)
-            USING ERRCODE = 'check_violation',
-                  HINT = 'A message goes only to endpoints of its own tenant_id (NULL only to endpoints without one).';
-    END IF;
-
-    IF EXISTS (SELECT 1 FROM new_messages WHERE ordering_key IS NOT NULL) THEN
-        PERFORM outbox.lock_message_key(k.tenant_id, k.ordering_key)
-        FROM (SELECT DISTINCT n.tenant_id, n.ordering_key,
-                     outbox.message_lock_key(n.tenant_id, n.ordering_key) AS lock_key
-              FROM new_messages n
-              WHERE n.ordering_key IS NOT NULL
-              ORDER BY 3, 1, 2) k;
-    END IF;
+    EXECUTE format('ALTER TABLE outbox.messages
+                        DROP CONSTRAINT payload_within_max_payload_bytes,
+                        ADD CONSTRAINT payload_within_max_payload_bytes
+                            CHECK (octet_length(payload::text) <= %s) NOT VALID',
+                   NEW.max_payload_bytes);
     RETURN NULL;
 END
 $$;
-REVOKE ALL ON FUNCTION outbox.accept_messages() FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox.apply_payload_cap() FROM PUBLIC;
+
+CREATE TRIGGER settings_payload_cap
+    AFTER INSERT OR UPDATE OF max_payload_bytes ON outbox.settings
+    FOR EACH ROW EXECUTE FUNCTION outbox.apply_payload_cap();
+-- A cap changed before this migration.
+UPDATE outbox.settings SET max_payload_bytes = max_payload_bytes;
+
+CREATE FUNCTION outbox.accept_message() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner record;
+BEGIN
+    IF NEW.endpoint_id IS NOT NULL THEN
+        SELECT e.tenant_id INTO owner FROM outbox.endpoints e WHERE e.id = NEW.endpoint_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'outbox.messages: unknown endpoint_id "%"', outbox.shown(NEW.endpoint_id)
+                USING ERRCODE = 'foreign_key_violation',
+                      HINT = 'Insert the endpoint into outbox.endpoints first, or leave endpoint_id NULL to fan out by event_type.';
+        END IF;
+        IF owner.tenant_id IS DISTINCT FROM NEW.tenant_id THEN
+            RAISE EXCEPTION 'outbox.messages: endpoint "%" does not belong to the tenant of event_id "%"',
+                    outbox.shown(NEW.endpoint_id), outbox.shown(NEW.event_id)
+                USING ERRCODE = 'check_violation',
+                      HINT = 'A message goes only to endpoints of its own tenant_id (NULL only to endpoints without one).';
+        END IF;
+    END IF;
+    IF NEW.ordering_key IS NOT NULL THEN
+        -- Until commit. A statement inserting several keys takes them in
+        -- row order: two that insert the same keys in opposite orders at
+        -- the same moment may deadlock (PostgreSQL aborts one).
+        PERFORM outbox.lock_message_key(NEW.tenant_id, NEW.ordering_key);
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION outbox.accept_message() FROM PUBLIC;
 
 DROP TRIGGER messages_check ON outbox.messages;
 DROP TRIGGER messages_fan_out ON outbox.messages;
 DROP FUNCTION outbox.check_messages();
 DROP FUNCTION outbox.fan_out();
 CREATE TRIGGER messages_accept
-    AFTER INSERT ON outbox.messages
-    REFERENCING NEW TABLE AS new_messages
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox.accept_messages();
+    BEFORE INSERT ON outbox.messages
+    FOR EACH ROW WHEN (NEW.endpoint_id IS NOT NULL OR NEW.ordering_key IS NOT NULL)
+    EXECUTE FUNCTION outbox.accept_message();
 
 -- ---------------------------------------------------------------------------
 -- Routing.

@@ -38,6 +38,13 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
         plain_table: plain_table(bench).await?,
         ..ProducerRates::default()
     };
+    // The outbox's insert alone, on the plain table's terms.
+    bench.reset().await?;
+    bench
+        .client
+        .query_one("SELECT outbox.set_notify(false)", &[])
+        .await?;
+    rates.no_sidecar = produce(bench, &outbox_insert(bench)).await?;
     for mode in [Mode::NoTrigger, Mode::Notify, Mode::Logical] {
         bench.reset().await?;
         let notify = mode == Mode::Notify;
@@ -46,11 +53,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
             .query_one("SELECT outbox.set_notify($1)", &[&notify])
             .await?;
         let running = sidecars(bench, mode)?;
-        let insert = format!(
-            "INSERT INTO outbox.messages (event_type, payload, tenant_id) VALUES ('t0', $1::text::jsonb, {})",
-            bench.tenancy.of_type_sql(0)
-        );
-        let rate = produce(bench, &insert).await;
+        let rate = produce(bench, &outbox_insert(bench)).await;
         running.stop().await?;
         let rate = rate?;
         match mode {
@@ -64,10 +67,18 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ProducerRates> {
         .query_one("SELECT outbox.set_notify(true)", &[])
         .await?;
     bench.progress(&format!(
-        "  inserts/s: plain table {:.0}, no trigger {:.0}, notify {:.0}, logical {:.0}",
-        rates.plain_table, rates.no_trigger, rates.notify_trigger, rates.logical
+        "  inserts/s: plain table {:.0}, outbox without a sidecar {:.0}, no trigger {:.0}, notify {:.0}, logical {:.0}",
+        rates.plain_table, rates.no_sidecar, rates.no_trigger, rates.notify_trigger, rates.logical
     ));
     Ok(rates)
+}
+
+/// The producers' insert: type t0, in its tenant.
+fn outbox_insert(bench: &Bench) -> String {
+    format!(
+        "INSERT INTO outbox.messages (event_type, payload, tenant_id) VALUES ('t0', $1::text::jsonb, {})",
+        bench.tenancy.of_type_sql(0)
+    )
 }
 
 /// Inserts per second into a fresh plain table in the bench database,

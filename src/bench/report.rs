@@ -24,6 +24,10 @@ pub struct Latency {
 pub struct ProducerRates {
     /// The same rows into a plain table with no trigger, no sidecar.
     pub plain_table: f64,
+    /// Into `outbox.messages` with the NOTIFY trigger off and no sidecar
+    /// running: what the outbox costs the application's insert, on the
+    /// same terms as `plain_table`.
+    pub no_sidecar: f64,
     /// The NOTIFY trigger off.
     pub no_trigger: f64,
     /// The NOTIFY trigger on, a listener connected.
@@ -33,8 +37,18 @@ pub struct ProducerRates {
 }
 
 impl ProducerRates {
-    /// What the outbox itself (fan-out, deliveries, a delivering sidecar)
-    /// leaves of the application's insert rate: `no_trigger / plain_table`.
+    /// What the outbox's insert costs: `no_sidecar / plain_table`.
+    pub fn no_sidecar_to_plain_table(&self) -> f64 {
+        if self.plain_table > 0.0 {
+            self.no_sidecar / self.plain_table
+        } else {
+            0.0
+        }
+    }
+
+    /// What the outbox and a sidecar delivering beside the producers (on
+    /// the same CPUs) leave of the application's insert rate:
+    /// `no_trigger / plain_table`.
     pub fn no_trigger_to_plain_table(&self) -> f64 {
         if self.plain_table > 0.0 {
             self.no_trigger / self.plain_table
@@ -139,11 +153,13 @@ impl Report {
             "efficiency": self.efficiency,
             "producer_inserts_per_sec": {
                 "plain_table": self.producer_inserts_per_sec.plain_table,
+                "no_sidecar": self.producer_inserts_per_sec.no_sidecar,
                 "no_trigger": self.producer_inserts_per_sec.no_trigger,
                 "notify_trigger": self.producer_inserts_per_sec.notify_trigger,
                 "logical": self.producer_inserts_per_sec.logical,
             },
             "producer_no_trigger_to_plain_table": self.producer_inserts_per_sec.no_trigger_to_plain_table(),
+            "producer_no_sidecar_to_plain_table": self.producer_inserts_per_sec.no_sidecar_to_plain_table(),
             "claim_ms_empty": self.claim_ms_empty,
             "claim_ms_with_1m_finished": self.claim_ms_with_finished,
             "finished_rows": self.options.finished_rows,
@@ -209,6 +225,14 @@ impl Report {
             (
                 "producers, plain table (no outbox)",
                 format!("{:.0} inserts/s", p.plain_table),
+            ),
+            (
+                "producers, outbox, no sidecar",
+                format!(
+                    "{:.0} inserts/s ({:.2}x the plain table)",
+                    p.no_sidecar,
+                    p.no_sidecar_to_plain_table()
+                ),
             ),
             (
                 "producers, no wake-up trigger",

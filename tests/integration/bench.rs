@@ -50,7 +50,13 @@ async fn a_tiny_benchmark_delivers_everything_exactly_once() {
             json[key]
         );
     }
-    for mode in ["plain_table", "no_trigger", "notify_trigger", "logical"] {
+    for mode in [
+        "plain_table",
+        "no_sidecar",
+        "no_trigger",
+        "notify_trigger",
+        "logical",
+    ] {
         assert!(
             json["producer_inserts_per_sec"][mode].as_f64().unwrap() > 0.0,
             "{mode}"

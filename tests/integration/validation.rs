@@ -134,9 +134,11 @@ async fn empty_event_types_are_refused() {
             )
             .await
             .unwrap_err();
-        assert_check_violation(
-            error.as_db_error().unwrap(),
-            r#"event_type of event_id "e1" is empty"#,
+        let error = error.as_db_error().unwrap();
+        assert_eq!(error.code().code(), "23514");
+        assert_eq!(
+            error.constraint(),
+            Some("event_type_not_blank_max_256_bytes_no_control_chars")
         );
     }
 }
@@ -176,10 +178,9 @@ async fn payloads_above_the_configured_cap_are_refused() {
         )
         .await
         .unwrap_err();
-    assert_check_violation(
-        error.as_db_error().unwrap(),
-        r#"payload of event_id "big" is 101 bytes, above the cap of 100 bytes"#,
-    );
+    let error = error.as_db_error().unwrap();
+    assert_eq!(error.code().code(), "23514");
+    assert_eq!(error.constraint(), Some("payload_within_max_payload_bytes"));
     let stored: Vec<String> = db
         .client
         .query("SELECT event_id FROM outbox.messages", &[])
