@@ -13,11 +13,13 @@
 --   function, so outbox_sidecar needs neither UPDATE nor DELETE on
 --   messages (its row locks needed UPDATE, which it never had).
 -- - Ordering-key locks live in outboxd's own advisory-lock space (the
---   two-int form), and the outcome writer only tries them.
--- - Endpoint and message input is checked at insert with outboxd's own
---   messages (a constraint's DETAIL would echo the row, secrets included),
---   with length caps, and refusing what HTTP forbids (control characters,
---   framing and hop-by-hop headers).
+--   two-int form), and the outcome writer only tries them. (Producers take
+--   them too until 0013, which moves their part, and the checks of
+--   messages, out of the fan-out and check triggers it replaces.)
+-- - Endpoint input is checked at insert with outboxd's own messages (a
+--   constraint's DETAIL would echo the row, secrets included), with length
+--   caps, and refusing what HTTP forbids (control characters, framing and
+--   hop-by-hop headers).
 -- - outbox.adopt passes the generated trigger body as a quoted literal: a
 --   column name could end a fixed dollar-quote tag and append statements.
 
@@ -190,64 +192,6 @@ CREATE TRIGGER endpoints_check
     FOR EACH ROW EXECUTE FUNCTION outbox.check_endpoint();
 
 -- ---------------------------------------------------------------------------
--- Messages, once per statement, one pass over the new rows. Caps: event_id,
--- event_type and ordering_key 256 bytes each; event_id and event_type
--- without control characters (event_id becomes the webhook-id header).
-CREATE OR REPLACE FUNCTION outbox.check_messages() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cap integer;
-    bad record;
-BEGIN
-    SELECT s.max_payload_bytes INTO cap FROM outbox.settings s;
-    SELECT n.event_id, p.problem, octet_length(n.payload::text) AS size INTO bad
-    FROM new_messages n
-    CROSS JOIN LATERAL (
-        SELECT CASE
-                   WHEN octet_length(n.event_id) > 256 THEN 'event_id_long'
-                   WHEN n.event_id ~ '[[:cntrl:]]' THEN 'event_id_control'
-                   WHEN btrim(n.event_type) = '' THEN 'event_type_empty'
-                   WHEN octet_length(n.event_type) > 256 OR n.event_type ~ '[[:cntrl:]]' THEN 'event_type_bad'
-                   WHEN octet_length(n.ordering_key) > 256 THEN 'ordering_key_long'
-                   WHEN octet_length(n.payload::text) > cap THEN 'payload_large'
-               END AS problem
-    ) p
-    WHERE p.problem IS NOT NULL
-    LIMIT 1;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    CASE bad.problem
-    WHEN 'event_id_long' THEN
-        RAISE EXCEPTION 'outbox.messages: event_id "%" is % bytes, above the cap of 256', outbox.shown(bad.event_id), octet_length(bad.event_id)
-            USING ERRCODE = 'check_violation',
-                  HINT = 'An event id names the event for receivers (the webhook-id header): a UUID or e.g. order-123-created.';
-    WHEN 'event_id_control' THEN
-        RAISE EXCEPTION 'outbox.messages: event_id "%" contains a control character (CR, LF, ...)', outbox.shown(bad.event_id)
-            USING ERRCODE = 'check_violation',
-                  HINT = 'The event id is sent as the webhook-id header, which cannot carry control characters.';
-    WHEN 'event_type_empty' THEN
-        RAISE EXCEPTION 'outbox.messages: event_type of event_id "%" is empty', outbox.shown(bad.event_id)
-            USING ERRCODE = 'check_violation',
-                  HINT = 'Name the kind of event, e.g. order.created: receivers and endpoint filters route on it.';
-    WHEN 'event_type_bad' THEN
-        RAISE EXCEPTION 'outbox.messages: event_type of event_id "%" is longer than 256 bytes or contains a control character', outbox.shown(bad.event_id)
-            USING ERRCODE = 'check_violation',
-                  HINT = 'Name the kind of event, e.g. order.created: receivers and endpoint filters route on it.';
-    WHEN 'ordering_key_long' THEN
-        RAISE EXCEPTION 'outbox.messages: ordering_key of event_id "%" is longer than 256 bytes', outbox.shown(bad.event_id)
-            USING ERRCODE = 'check_violation',
-                  HINT = 'Use the id of the entity whose events must stay in order, e.g. the order id.';
-    ELSE
-        RAISE EXCEPTION 'outbox.messages: payload of event_id "%" is % bytes, above the cap of % bytes',
-                outbox.shown(bad.event_id), bad.size, cap
-            USING ERRCODE = 'check_violation',
-                  HINT = 'Send a reference to large data instead, or raise outbox.settings.max_payload_bytes.';
-    END CASE;
-END
-$$;
-
--- ---------------------------------------------------------------------------
 -- Writers insert the columns that are theirs, nothing else.
 REVOKE INSERT ON outbox.messages FROM outbox_writer;
 GRANT INSERT (event_id, event_type, payload, endpoint_id, ordering_key, deliver_after)
@@ -320,62 +264,6 @@ BEGIN
 END
 $$;
 
--- Fan-out as in 0006, with the keys' locks taken in the order of their
--- lock ids (two keys may share one; any fixed order of the ids avoids
--- deadlocks between producers).
-CREATE OR REPLACE FUNCTION outbox.fan_out() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    unknown text;
-BEGIN
-    SELECT n.endpoint_id INTO unknown
-    FROM new_messages n
-    WHERE n.endpoint_id IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM outbox.endpoints e WHERE e.id = n.endpoint_id)
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'outbox.messages: unknown endpoint_id "%"', outbox.shown(unknown)
-            USING ERRCODE = 'foreign_key_violation',
-                  HINT = 'Insert the endpoint into outbox.endpoints first, or leave endpoint_id NULL to fan out by event_type.';
-    END IF;
-
-    IF EXISTS (SELECT 1 FROM new_messages WHERE ordering_key IS NOT NULL) THEN
-        -- Before looking at earlier deliveries: their writers finish first.
-        PERFORM outbox.lock_ordering_key(k.endpoint_id, k.ordering_key)
-        FROM (SELECT DISTINCT e.id AS endpoint_id, n.ordering_key,
-                     outbox.ordering_lock_key(e.id, n.ordering_key) AS lock_key
-              FROM new_messages n
-              JOIN outbox.endpoints e
-                ON e.id = n.endpoint_id
-                OR (n.endpoint_id IS NULL AND e.enabled
-                    AND (e.event_types IS NULL OR n.event_type = ANY (e.event_types)))
-              WHERE n.ordering_key IS NOT NULL
-              ORDER BY 3, 1, 2) k;
-    END IF;
-
-    INSERT INTO outbox.deliveries (message_id, endpoint_id, ordering_key, next_attempt_at)
-    SELECT n.id, e.id, n.ordering_key,
-           CASE WHEN n.ordering_key IS NULL THEN coalesce(n.deliver_after, now())
-                WHEN row_number() OVER (PARTITION BY e.id, n.ordering_key ORDER BY n.id) = 1
-                     AND NOT EXISTS (
-                         SELECT 1 FROM outbox.deliveries p
-                         WHERE p.endpoint_id = e.id
-                           AND p.ordering_key = n.ordering_key
-                           AND p.status IN ('pending', 'in_flight', 'dead')
-                           AND (p.status <> 'dead' OR e.block_on_dead))
-                THEN coalesce(n.deliver_after, now())
-                ELSE 'infinity'
-           END
-    FROM new_messages n
-    JOIN outbox.endpoints e
-      ON e.id = n.endpoint_id
-      OR (n.endpoint_id IS NULL
-          AND e.enabled
-          AND (e.event_types IS NULL OR n.event_type = ANY (e.event_types)));
-    RETURN NULL;
-END
-$$;
-
 -- As in 0006, with the new lock.
 CREATE OR REPLACE FUNCTION outbox.promote_next_in_key() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -407,8 +295,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-DROP FUNCTION outbox.ordering_lock_id(text, text);
 
 -- ---------------------------------------------------------------------------
 -- adopt, as in 0007, with two changes: the generated body is passed as a

@@ -219,7 +219,7 @@ $$;
 
 -- ---------------------------------------------------------------------------
 -- What an insert into outbox.messages checks. A statement trigger over the
--- new rows (0012's check_messages) cost producers a quarter of their rate
+-- new rows (0004's check_messages) cost producers a quarter of their rate
 -- before doing anything, and half with its checks (8 producers, measured
 -- with pgbench). Now:
 -- - the rules on the row alone are CHECK constraints, evaluated inline;
@@ -298,6 +298,8 @@ DROP TRIGGER messages_check ON outbox.messages;
 DROP TRIGGER messages_fan_out ON outbox.messages;
 DROP FUNCTION outbox.check_messages();
 DROP FUNCTION outbox.fan_out();
+-- 0006's lock ids, which only the fan-out still took.
+DROP FUNCTION outbox.ordering_lock_id(text, text);
 CREATE TRIGGER messages_accept
     BEFORE INSERT ON outbox.messages
     FOR EACH ROW WHEN (NEW.endpoint_id IS NOT NULL OR NEW.ordering_key IS NOT NULL)
