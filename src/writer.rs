@@ -10,8 +10,9 @@
 //! does it drop outcomes, and then the leases expire and the deliveries are
 //! sent again: at least once, never lost.
 //!
-//! A keyed outcome is written under its ordering key's advisory lock, which
-//! producers hold until they commit. The writer only tries that lock: while
+//! A keyed outcome is written under its (endpoint, key) advisory lock, which
+//! routing holds while it makes that key's deliveries (and anyone who can
+//! connect could take). The writer only tries that lock: while
 //! someone else holds it, the outcome waits here (tried again with the next
 //! batch, or after a pause of up to a second) and every other outcome is
 //! written as usual.
@@ -211,7 +212,7 @@ impl Writer {
             if !deferred.is_empty() {
                 tracing::debug!(
                     outcomes = deferred.len(),
-                    "ordering keys held elsewhere (a producer's open transaction?); writing those outcomes later"
+                    "ordering keys held elsewhere (routing, or another session); writing those outcomes later"
                 );
             }
         }

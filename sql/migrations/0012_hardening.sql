@@ -242,7 +242,7 @@ REVOKE DELETE ON outbox.messages FROM outbox_sidecar;
 -- form applications usually use. Producers wait for a key's lock (from
 -- their insert to their commit); the outcome writer only tries it, and
 -- writes a keyed outcome later when someone else holds it, so a stranger's
--- lock or a producer's long transaction delays that key alone.
+-- lock (or, until 0013, a producer's long transaction) delays that key alone.
 CREATE FUNCTION outbox.ordering_lock_key(endpoint_id text, ordering_key text) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT hashtext(endpoint_id || chr(31) || ordering_key)

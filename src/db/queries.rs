@@ -191,11 +191,11 @@ impl Queries {
     /// every attempt for longer than `disable_after` are disabled.
     ///
     /// Finishing a keyed delivery releases the next of its key; that happens
-    /// under the key's advisory lock, which producers hold from their insert
-    /// to their commit. The lock is only tried: an outcome whose key someone
-    /// else holds is not written now but returned as deferred, so that a
-    /// long producer transaction (or anyone holding the lock) delays that
-    /// key alone, never the other outcomes.
+    /// under the (endpoint, key) advisory lock, which routing holds while it
+    /// makes that key's deliveries. The lock is only tried: an outcome whose
+    /// key someone else holds is not written now but returned as deferred,
+    /// so that anyone holding the lock delays that key alone, never the
+    /// other outcomes.
     pub async fn complete(
         &self,
         owner: &str,
