@@ -27,7 +27,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Db;
+use crate::db::slot::Slot;
+use crate::db::{Db, DbError};
 use crate::telemetry;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,23 +66,21 @@ impl Default for Limits {
 
 /// What `/readyz` checks.
 pub struct Readiness {
-    db: Db,
     /// `Some` unless in poll mode: whether the wake-up watcher is
     /// subscribed (LISTEN active, or replication slot held).
     listening: Option<Arc<AtomicBool>>,
     /// Set once shutdown begins.
     draining: AtomicBool,
-    probe: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    probe: tokio::sync::Mutex<Slot<tokio_postgres::Client>>,
 }
 
 impl Readiness {
     /// Readiness for a sidecar on `db`; `listening` unless in poll mode.
     pub fn new(db: Db, listening: Option<Arc<AtomicBool>>) -> Self {
         Self {
-            db,
+            probe: tokio::sync::Mutex::new(Slot::new(&db, "readiness")),
             listening,
             draining: AtomicBool::new(false),
-            probe: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -101,23 +100,26 @@ impl Readiness {
             return Err("wake-up watcher not subscribed (database connection lost?)".into());
         }
         let mut probe = self.probe.lock().await;
-        if probe.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            let client = tokio::time::timeout(PROBE_TIMEOUT, self.db.connect())
-                .await
-                .map_err(|_| "database: connect timed out".to_owned())?
-                .map_err(|e| format!("database: {e}"))?;
-            *probe = Some(client);
-        }
-        let client = probe.as_ref().expect("connected just above");
-        match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                *probe = None;
-                Err(format!("database: {e}"))
+        let client = tokio::time::timeout(PROBE_TIMEOUT, probe.get())
+            .await
+            .map_err(|_| "database: connect timed out".to_owned())?
+            .map_err(|e| format!("database: {e}"))?;
+        let answered =
+            match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
+                Ok(answered) => answered.map_err(DbError::during("probing the database")),
+                Err(_) => Err(DbError::Unresponsive {
+                    context: "probing the database",
+                    after: PROBE_TIMEOUT,
+                }),
+            };
+        match answered {
+            Ok(_) => {
+                probe.succeeded();
+                Ok(())
             }
-            Err(_) => {
-                *probe = None;
-                Err("database: probe timed out".into())
+            Err(error) => {
+                probe.failed(&error);
+                Err(format!("database: {error}"))
             }
         }
     }

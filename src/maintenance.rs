@@ -9,13 +9,15 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Retention;
-use crate::db::{Db, DbError};
+use crate::db::slot::Slot;
+use crate::db::{Db, DbError, locks};
 use crate::telemetry;
 
 const BACKLOG: &str = include_str!("../sql/queries/endpoints_backlog.sql");
 const PURGE_DELIVERIES: &str = include_str!("../sql/queries/deliveries_purge.sql");
 const PURGE_MESSAGES: &str = include_str!("../sql/queries/messages_purge.sql");
 const PURGE_EVENTS: &str = include_str!("../sql/queries/events_purge.sql");
+const PURGE_TRY_LOCK: &str = include_str!("../sql/queries/purge_try_lock.sql");
 
 /// The longest one housekeeping round may take before its connection is
 /// presumed dead.
@@ -25,12 +27,10 @@ const JOB_DEADLINE: Duration = Duration::from_secs(120);
 const BACKLOG_EVERY: Duration = Duration::from_secs(15);
 /// Rows examined per purge page (and so at most deleted per transaction).
 pub const PURGE_PAGE: i64 = 500;
-/// Arbitrary advisory-lock key for the purge: "purge" in ASCII.
-const PURGE_LOCK: i64 = 0x7075726765;
 
 /// Runs the housekeeping until `shutdown`.
 pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationToken) {
-    let mut client: Option<Client> = None;
+    let mut slot = Slot::<Client>::new(&db, "maintenance");
     let mut backlog = tokio::time::interval(BACKLOG_EVERY);
     let mut purge = tokio::time::interval(retention.map_or(Duration::from_secs(3600), |r| r.every));
     loop {
@@ -40,10 +40,7 @@ pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationTok
             _ = purge.tick() => Job::Purge,
         };
         let work = async {
-            if client.as_ref().is_none_or(Client::is_closed) {
-                client = Some(db.connect().await?);
-            }
-            let connection = client.as_mut().expect("connected just above");
+            let connection = slot.get().await?;
             match (job, retention) {
                 (Job::Backlog, _) => publish_backlog(connection).await,
                 (Job::Purge, Some(retention)) => purge_once(connection, &retention, &shutdown)
@@ -59,13 +56,17 @@ pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationTok
             result = tokio::time::timeout(JOB_DEADLINE, work) => result,
         };
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => slot.succeeded(),
             Ok(Err(error)) => {
                 telemetry::db_error("maintenance");
                 tracing::warn!(%error, "housekeeping failed; will retry at the next tick");
+                slot.failed(&error);
             }
             Err(_) => {
-                client = None;
+                slot.failed(&DbError::Unresponsive {
+                    context: "housekeeping",
+                    after: JOB_DEADLINE,
+                });
                 telemetry::db_error("maintenance");
                 tracing::warn!("housekeeping got no answer within {JOB_DEADLINE:?}; reconnecting");
             }
@@ -187,7 +188,7 @@ async fn page(
     let during = DbError::during("purging old rows");
     let tx = client.transaction().await.map_err(during)?;
     let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
+        .query_one(PURGE_TRY_LOCK, &[&locks::PURGE.id])
         .await
         .map_err(DbError::during("taking the purge lock"))?
         .get(0);

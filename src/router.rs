@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::queries::{Queries, ROUTE_BATCH};
+use crate::db::slot::Slot;
 use crate::db::{Db, DbError};
 use crate::telemetry;
 
@@ -36,8 +37,7 @@ impl Router {
 
     /// Routes each backlog it is told of until caught up, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut queries: Option<Queries> = None;
-        let mut backoff = self.db.backoff();
+        let mut slot = Slot::<Queries>::new(&self.db, "router");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -46,11 +46,11 @@ impl Router {
             loop {
                 let routed = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    routed = self.route_once(&mut queries) => routed,
+                    routed = route_once(&mut slot) => routed,
                 };
                 match routed {
                     Ok(routed) => {
-                        backoff.reset();
+                        slot.succeeded();
                         self.wake.notify_one();
                         if routed < ROUTE_BATCH {
                             break;
@@ -59,12 +59,10 @@ impl Router {
                     Err(error) => {
                         telemetry::db_error("route");
                         tracing::warn!(%error, "routing a backlog failed; the next claims route it");
-                        if error.is_connection_lost() {
-                            queries = None;
-                        }
+                        let delay = slot.failed(&error);
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
                         break;
                     }
@@ -72,15 +70,8 @@ impl Router {
             }
         }
     }
+}
 
-    async fn route_once(&self, queries: &mut Option<Queries>) -> Result<i32, DbError> {
-        if queries.as_ref().is_none_or(Queries::is_closed) {
-            *queries = Some(Queries::connect(&self.db).await?);
-        }
-        queries
-            .as_ref()
-            .expect("connected just above")
-            .route()
-            .await
-    }
+async fn route_once(slot: &mut Slot<Queries>) -> Result<i32, DbError> {
+    slot.get().await?.route().await
 }

@@ -18,14 +18,15 @@
 //! written as usual.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::queries::Queries;
+use crate::db::slot::Slot;
 use crate::db::{Db, DbError};
-use crate::delivery::{Outcome, Verdict};
+use crate::delivery::{Claim, Outcome, Verdict};
 use crate::telemetry;
 
 /// Most outcomes written by one statement.
@@ -69,7 +70,7 @@ impl Writer {
     /// `give_up` fires while the database is unreachable (or while
     /// deferred outcomes still wait for their ordering keys).
     pub async fn run(mut self, give_up: CancellationToken) {
-        let mut queries = None;
+        let mut slot = Slot::new(&self.db, "writer");
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Keyed outcomes whose key someone else holds (see
         // `Queries::complete`), tried again with the next batch or after
@@ -99,7 +100,7 @@ impl Writer {
                 }
                 batch.append(&mut deferred);
             }
-            match self.flush(&mut queries, &batch, &give_up).await {
+            match self.flush(&mut slot, &batch, &give_up).await {
                 Some(later) => deferred = later,
                 None => tracing::error!(
                     outcomes = batch.len(),
@@ -118,11 +119,11 @@ impl Writer {
     /// and its delivery is sent again when its lease ends.
     async fn flush(
         &self,
-        queries: &mut Option<Queries>,
+        slot: &mut Slot<Queries>,
         batch: &[Outcome],
         give_up: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
-        let error = match self.flush_until_written(queries, batch, give_up).await {
+        let error = match self.flush_until_written(slot, batch, give_up).await {
             Flushed::Written(deferred) => return Some(deferred),
             Flushed::GaveUp => return None,
             Flushed::Refused(error) => error,
@@ -135,7 +136,7 @@ impl Writer {
         let mut deferred = Vec::new();
         for outcome in batch {
             match self
-                .flush_until_written(queries, std::slice::from_ref(outcome), give_up)
+                .flush_until_written(slot, std::slice::from_ref(outcome), give_up)
                 .await
             {
                 Flushed::Written(later) => deferred.extend(later),
@@ -148,29 +149,28 @@ impl Writer {
 
     async fn flush_until_written(
         &self,
-        queries: &mut Option<Queries>,
+        slot: &mut Slot<Queries>,
         batch: &[Outcome],
         give_up: &CancellationToken,
     ) -> Flushed {
-        let mut backoff = self.db.backoff();
         let mut retry = false;
         loop {
-            match self.write(queries, batch, retry).await {
-                Ok(deferred) => return Flushed::Written(deferred),
+            let delay = match self.write(slot, batch, retry).await {
+                Ok(deferred) => {
+                    slot.succeeded();
+                    return Flushed::Written(deferred);
+                }
                 Err(error) if error.is_data_error() => return Flushed::Refused(error),
                 Err(error) => {
                     telemetry::db_error("write_outcomes");
                     tracing::warn!(%error, outcomes = batch.len(), "writing outcomes failed; retrying");
-                    if error.is_connection_lost() {
-                        *queries = None;
-                        telemetry::reconnect("writer");
-                    }
+                    slot.failed(&error)
                 }
-            }
+            };
             retry = true;
             tokio::select! {
                 _ = give_up.cancelled() => return Flushed::GaveUp,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = tokio::time::sleep(delay) => {}
             }
         }
     }
@@ -180,14 +180,11 @@ impl Writer {
     /// answer was lost, so rows it finished are not missing.
     async fn write(
         &self,
-        queries: &mut Option<Queries>,
+        slot: &mut Slot<Queries>,
         batch: &[Outcome],
         retry: bool,
     ) -> Result<Vec<Outcome>, DbError> {
-        if queries.as_ref().is_none_or(Queries::is_closed) {
-            *queries = Some(Queries::connect(&self.db).await?);
-        }
-        let queries = queries.as_ref().expect("connected just above");
+        let queries = slot.get().await?;
         let (released, attempted): (Vec<&Outcome>, Vec<&Outcome>) =
             batch.iter().partition(|o| o.verdict == Verdict::Release);
         let mut deferred = Vec::new();
@@ -217,10 +214,7 @@ impl Writer {
             }
         }
         if !released.is_empty() {
-            let claims: Vec<(i64, i32, SystemTime)> = released
-                .iter()
-                .map(|o| (o.delivery_id, o.attempt, o.leased_until))
-                .collect();
+            let claims: Vec<Claim> = released.iter().map(|o| o.claim).collect();
             queries.release(&self.owner, &claims).await?;
         }
         // Retries and releases may be due at once, a finished head releases
@@ -245,8 +239,8 @@ fn refused(outcome: &Outcome, error: &DbError) {
     telemetry::db_error("write_outcomes");
     tracing::error!(
         %error,
-        delivery_id = outcome.delivery_id,
-        attempt = outcome.attempt,
+        delivery_id = outcome.claim.delivery_id,
+        attempt = outcome.claim.attempt,
         "the database refused this outcome; the delivery will be sent again when its lease ends"
     );
 }

@@ -14,11 +14,30 @@ WITH outcome AS (
     -- when few rows were in flight at the last ANALYZE: seconds per write
     -- with a thousand in flight). Each outcome is one primary-key probe.
     SELECT *, 'in_flight'::text AS was
-    FROM unnest($2::bigint[], $3::int[], $4::text[], $5::float8[], $6::int[], $7::text[],
-                $8::timestamptz[], $9::int[], $10::text[], $11::text[], $13::timestamptz[])
+    FROM unnest($2::bigint[],       -- delivery_id      } the claim (fence),
+                $3::int[],          -- attempt          } with owner $1
+                $13::timestamptz[], -- leased_until     }
+                $4::text[],         -- status: delivered, pending (retry), dead
+                $5::float8[],       -- retry_in_secs (pending)
+                $6::int[],          -- status_code
+                $7::text[],         -- error
+                $8::timestamptz[],  -- started_at
+                $9::int[],          -- duration_ms
+                $10::text[],        -- response_excerpt
+                $11::text[])        -- disable_reason (410 Gone)
          WITH ORDINALITY
-         AS o(delivery_id, attempt, status, retry_in_secs, status_code, error,
-              started_at, duration_ms, response_excerpt, disable_reason, leased_until, n)
+         AS o(delivery_id,
+              attempt,
+              leased_until,
+              status,
+              retry_in_secs,
+              status_code,
+              error,
+              started_at,
+              duration_ms,
+              response_excerpt,
+              disable_reason,
+              n)
 ), written AS (
     UPDATE outbox.deliveries d
     SET status = o.status,

@@ -11,7 +11,12 @@ SET status = 'pending',
 -- a constant): one primary-key probe per claim, whatever the statistics
 -- (see deliveries_complete.sql).
 FROM (SELECT *, 'in_flight'::text AS was
-      FROM unnest($2::bigint[], $3::int[], $4::timestamptz[]) AS u(delivery_id, attempt, leased_until)
+      FROM unnest($2::bigint[],        -- delivery_id
+                  $3::int[],           -- attempt
+                  $4::timestamptz[])   -- leased_until
+           AS u(delivery_id,
+                attempt,
+                leased_until)
       OFFSET 0) r
 WHERE d.id = r.delivery_id
   AND d.attempts = r.attempt

@@ -12,7 +12,7 @@ use super::Bench;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::queries::Queries;
-use crate::delivery::{AttemptRecord, Deliverer, EndpointTls, Job, Outcome, Verdict};
+use crate::delivery::{AttemptRecord, Claim, Deliverer, EndpointTls, Job, Outcome, Verdict};
 
 /// Signed POSTs per second at the sidecars' total concurrency.
 pub async fn http(bench: &Bench) -> anyhow::Result<f64> {
@@ -63,9 +63,11 @@ pub async fn http(bench: &Bench) -> anyhow::Result<f64> {
 
 fn job(bench: &Bench, payload: &str) -> Job {
     Job {
-        delivery_id: 0,
-        attempt: 1,
-        leased_until: SystemTime::now(),
+        claim: Claim {
+            delivery_id: 0,
+            attempt: 1,
+            leased_until: SystemTime::now(),
+        },
         schedule_attempt: 1,
         endpoint_id: "e0".into(),
         ordering_key: None,
@@ -135,20 +137,12 @@ pub async fn claim(bench: &Bench) -> anyhow::Result<f64> {
 
 /// The outcome of a successful attempt at `job`.
 pub(super) fn delivered(job: &Job) -> Outcome {
-    Outcome {
-        delivery_id: job.delivery_id,
-        attempt: job.attempt,
-        leased_until: job.leased_until,
-        endpoint_id: job.endpoint_id.clone(),
-        ordering_key: job.ordering_key.clone(),
-        verdict: Verdict::Delivered,
-        record: Some(AttemptRecord {
-            started_at: SystemTime::now(),
-            duration: Duration::from_millis(1),
-            status_code: Some(200),
-            error: None,
-            response_excerpt: Some("ok".into()),
-        }),
-        disable_endpoint: None,
-    }
+    let record = AttemptRecord {
+        started_at: SystemTime::now(),
+        duration: Duration::from_millis(1),
+        status_code: Some(200),
+        error: None,
+        response_excerpt: Some("ok".into()),
+    };
+    Outcome::attempted(job, Verdict::Delivered, record)
 }

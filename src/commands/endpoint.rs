@@ -13,6 +13,7 @@ use crate::signature::Secret;
 const ADD: &str = include_str!("../../sql/queries/endpoints_add.sql");
 const LIST: &str = include_str!("../../sql/queries/endpoints_list.sql");
 const SET_ENABLED: &str = include_str!("../../sql/queries/endpoints_set_enabled.sql");
+const ENABLED: &str = include_str!("../../sql/queries/endpoints_enabled.sql");
 const ROTATE: &str = include_str!("../../sql/queries/endpoints_rotate_secret.sql");
 const DROP_OLD: &str = include_str!("../../sql/queries/endpoints_drop_old_secrets.sql");
 const TEST_SEND: &str = include_str!("../../sql/queries/endpoint_test_send.sql");
@@ -270,7 +271,7 @@ pub async fn rotate_secret(
 /// answer. Needs a running `outboxd run` against the same database.
 pub async fn test(client: &Client, id: &str, wait: Duration) -> anyhow::Result<()> {
     let enabled: Option<bool> = client
-        .query_opt("SELECT enabled FROM outbox.endpoints WHERE id = $1", &[&id])
+        .query_opt(ENABLED, &[&id])
         .await
         .map_err(DbError::during("reading the endpoint"))?
         .map(|r| r.get(0));

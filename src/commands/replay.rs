@@ -8,6 +8,11 @@ use tokio_postgres::Client;
 
 use crate::db::DbError;
 
+const REPLAY: &str = include_str!("../../sql/queries/deliveries_replay.sql");
+const REPLAY_DEAD: &str = include_str!("../../sql/queries/endpoints_replay_dead.sql");
+const DELIVERY_TENANT: &str = include_str!("../../sql/queries/deliveries_tenant.sql");
+const ENDPOINT_TENANT: &str = include_str!("../../sql/queries/endpoints_tenant.sql");
+
 /// What to replay.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -58,7 +63,7 @@ pub async fn run(client: &Client, target: &Target, tenant: Option<&str>) -> anyh
     match target {
         Target::Delivery(id) => {
             let replayed: bool = client
-                .query_one("SELECT outbox.replay($1)", &[id])
+                .query_one(REPLAY, &[id])
                 .await
                 .map_err(DbError::during("replaying"))?
                 .get(0);
@@ -75,10 +80,7 @@ pub async fn run(client: &Client, target: &Target, tenant: Option<&str>) -> anyh
                 Since::Ago(ago) => (None, Some(ago.as_secs_f64())),
             };
             let count: i32 = client
-                .query_one(
-                    "SELECT outbox.replay_dead($1, coalesce($2, now() - make_interval(secs => $3)))",
-                    &[id, &at, &ago],
-                )
+                .query_one(REPLAY_DEAD, &[id, &at, &ago])
                 .await
                 .map_err(DbError::during("replaying"))?
                 .get(0);
@@ -93,21 +95,11 @@ async fn check_tenant(client: &Client, target: &Target, tenant: &str) -> anyhow:
     let (what, row) = match target {
         Target::Delivery(id) => (
             format!("delivery {id}"),
-            client
-                .query_opt(
-                    "SELECT tenant_id FROM outbox.deliveries WHERE id = $1",
-                    &[id],
-                )
-                .await,
+            client.query_opt(DELIVERY_TENANT, &[id]).await,
         ),
         Target::Endpoint { id, .. } => (
             format!("endpoint {id}"),
-            client
-                .query_opt(
-                    "SELECT tenant_id FROM outbox.endpoints WHERE id = $1",
-                    &[id],
-                )
-                .await,
+            client.query_opt(ENDPOINT_TENANT, &[id]).await,
         ),
     };
     let Some(row) = row.map_err(DbError::during("looking up the tenant"))? else {

@@ -5,7 +5,7 @@
 
 use tokio_postgres::Client;
 
-use super::DbError;
+use super::{DbError, locks};
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy)]
@@ -45,10 +45,14 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_hardening.sql"),
     migration!(13, "0013_tenants_and_routing.sql"),
     migration!(14, "0014_fleet_claims.sql"),
+    migration!(16, "0016_schema_notes.sql"),
 ];
 
-/// Arbitrary constant key for `pg_advisory_xact_lock`: "outboxd" in ASCII.
-const MIGRATION_LOCK: i64 = 0x6f7574626f7864;
+const LOCK: &str = include_str!("../../sql/queries/migrations_lock.sql");
+const BOOTSTRAP: &str = include_str!("../../sql/queries/migrations_bootstrap.sql");
+const APPLIED: &str = include_str!("../../sql/queries/migrations_applied.sql");
+const TABLE_EXISTS: &str = include_str!("../../sql/queries/migrations_table_exists.sql");
+const RECORD: &str = include_str!("../../sql/queries/migrations_record.sql");
 
 /// Applies every pending migration; returns the names of those it applied.
 pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
@@ -56,46 +60,70 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
         .transaction()
         .await
         .map_err(DbError::during("starting the migration transaction"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+    tx.execute(LOCK, &[&locks::MIGRATION])
         .await
         .map_err(DbError::during("taking the migration lock"))?;
-    tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS outbox;
-         CREATE TABLE IF NOT EXISTS outbox.schema_migrations (
-             version    integer PRIMARY KEY,
-             name       text NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );",
-    )
-    .await
-    .map_err(DbError::during("creating outbox.schema_migrations"))?;
+    tx.batch_execute(BOOTSTRAP)
+        .await
+        .map_err(DbError::during("creating outbox.schema_migrations"))?;
     let applied: Vec<i32> = tx
-        .query("SELECT version FROM outbox.schema_migrations", &[])
+        .query(APPLIED, &[])
         .await
         .map_err(DbError::during("reading outbox.schema_migrations"))?
         .iter()
         .map(|row| row.get(0))
         .collect();
     let mut newly = Vec::new();
-    for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+    for migration in missing(&applied) {
         tx.batch_execute(migration.sql)
             .await
             .map_err(|cause| DbError::Migration {
                 name: migration.name,
                 cause,
             })?;
-        tx.execute(
-            "INSERT INTO outbox.schema_migrations (version, name) VALUES ($1, $2)",
-            &[&migration.version, &migration.name],
-        )
-        .await
-        .map_err(DbError::during("recording a migration"))?;
+        tx.execute(RECORD, &[&migration.version, &migration.name])
+            .await
+            .map_err(DbError::during("recording a migration"))?;
         newly.push(migration.name);
     }
     tx.commit()
         .await
         .map_err(DbError::during("committing the migrations"))?;
     Ok(newly)
+}
+
+/// The newest applied migration, 0 when the schema does not exist.
+pub async fn schema_version(client: &Client) -> Result<i32, DbError> {
+    Ok(applied_versions(client)
+        .await?
+        .into_iter()
+        .max()
+        .unwrap_or(0))
+}
+
+/// Every applied migration's version; none when the schema does not exist.
+pub async fn applied_versions(client: &Client) -> Result<Vec<i32>, DbError> {
+    let during = DbError::during("reading the schema version");
+    let exists: bool = client
+        .query_one(TABLE_EXISTS, &[])
+        .await
+        .map_err(during)?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(APPLIED, &[])
+        .await
+        .map_err(DbError::during("reading the schema version"))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// The migrations embedded in this binary that `applied` lacks. Every one,
+/// not just those above the newest applied: numbers merged from parallel
+/// work may fill a gap below it.
+pub fn missing(applied: &[i32]) -> impl Iterator<Item = &'static Migration> + '_ {
+    MIGRATIONS.iter().filter(|m| !applied.contains(&m.version))
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! listener, the claimer, the outcome writer), so none waits on another and
 //! none holds a connection across an HTTP call. No pool is needed for that.
 
+pub mod locks;
 pub mod migrate;
 pub mod queries;
+pub mod slot;
 pub mod tls;
 
 use std::fmt;
@@ -53,6 +55,12 @@ pub enum DbError {
         context: &'static str,
         /// The driver's error (SQLSTATE, message).
         cause: tokio_postgres::Error,
+    },
+    /// The server closed the connection without saying why.
+    #[error("{context}: the connection closed")]
+    Closed {
+        /// What outboxd was doing.
+        context: &'static str,
     },
     /// A statement got no answer in time: the connection is presumed dead
     /// (a silently dropped connection never answers, and TCP may take many
@@ -105,7 +113,7 @@ impl DbError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Self::BadUrl(_) | Self::Tls(_) => false,
-            Self::Unresponsive { .. } => true,
+            Self::Unresponsive { .. } | Self::Closed { .. } => true,
             Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
                 cause.is_closed()
                     || cause.code().is_none()

@@ -22,21 +22,30 @@ pub use outcome::{AttemptRecord, Exchange, Outcome, Verdict};
 pub use payload::Payload;
 pub use request::Deliverer;
 
+/// One claim of one delivery: the fence that every write about it
+/// carries. With the lease owner it names exactly this claim: a claim that
+/// a database crash forgot may be followed by another with the same attempt
+/// number, never with the same lease expiry. A write whose fence no longer
+/// matches the row (the lease expired and someone else claimed it) changes
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// `deliveries.id`.
+    pub delivery_id: i64,
+    /// This claim's attempt number, 1-based.
+    pub attempt: i32,
+    /// This claim's lease expiry, as the database wrote it.
+    pub leased_until: SystemTime,
+}
+
 /// A claimed delivery: everything needed to attempt it, read in the claim
 /// statement so no further query runs before the HTTP call. `Debug` hides
 /// the secrets, the extra headers (they may hold credentials) and the TLS
 /// key.
 #[derive(Clone)]
 pub struct Job {
-    /// `deliveries.id`.
-    pub delivery_id: i64,
-    /// This claim's attempt number, 1-based (fences the outcome write).
-    pub attempt: i32,
-    /// This claim's lease expiry, as the database wrote it. With the owner
-    /// and the attempt it names exactly this claim (fences the outcome
-    /// write): a claim a database crash forgot may be followed by another
-    /// with the same attempt number, never with the same lease.
-    pub leased_until: SystemTime,
+    /// Which delivery, and the fence of this claim on it.
+    pub claim: Claim,
     /// The attempt's place in the retry schedule, 1-based: equal to
     /// `attempt` unless the delivery was replayed, which restarts it.
     pub schedule_attempt: i32,
@@ -71,8 +80,7 @@ pub struct Job {
 impl fmt::Debug for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
-            .field("delivery_id", &self.delivery_id)
-            .field("attempt", &self.attempt)
+            .field("claim", &self.claim)
             .field("endpoint_id", &self.endpoint_id)
             .field("event_id", &self.event_id)
             .field("event_type", &self.event_type)

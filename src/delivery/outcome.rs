@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::{Claim, Job};
 use crate::retry::RetryPolicy;
 
 /// What one attempt produced on the wire.
@@ -72,12 +73,8 @@ pub struct AttemptRecord {
 /// The outcome of one claimed delivery, ready to be written back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    /// `deliveries.id`.
-    pub delivery_id: i64,
-    /// The attempt number of the claim (fences the write).
-    pub attempt: i32,
-    /// The claim's lease expiry (fences the write; see [`super::Job`]).
-    pub leased_until: SystemTime,
+    /// The claim this outcome ends (fences the write).
+    pub claim: Claim,
     /// The endpoint, for logs and the 410 rule.
     pub endpoint_id: String,
     /// The delivery's ordering key: finishing it may release the next one
@@ -89,6 +86,38 @@ pub struct Outcome {
     pub record: Option<AttemptRecord>,
     /// Set when the endpoint must be disabled (410 Gone), with the reason.
     pub disable_endpoint: Option<String>,
+}
+
+impl Outcome {
+    /// The outcome of an attempt at `job`.
+    pub fn attempted(job: &Job, verdict: Verdict, record: AttemptRecord) -> Self {
+        Self {
+            claim: job.claim,
+            endpoint_id: job.endpoint_id.clone(),
+            ordering_key: job.ordering_key.clone(),
+            verdict,
+            record: Some(record),
+            disable_endpoint: None,
+        }
+    }
+
+    /// `job` not attempted (shutdown): its claim is handed back uncounted.
+    pub fn released(job: &Job) -> Self {
+        Self {
+            claim: job.claim,
+            endpoint_id: job.endpoint_id.clone(),
+            ordering_key: job.ordering_key.clone(),
+            verdict: Verdict::Release,
+            record: None,
+            disable_endpoint: None,
+        }
+    }
+
+    /// The same outcome, that also disables the endpoint for `reason`.
+    pub fn disabling_endpoint(mut self, reason: Option<String>) -> Self {
+        self.disable_endpoint = reason;
+        self
+    }
 }
 
 /// The verdict, the error text to record, and whether to disable the

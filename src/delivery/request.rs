@@ -67,22 +67,15 @@ impl Deliverer {
             Exchange::Answered { status, .. } => Some(status),
             _ => None,
         };
-        Outcome {
-            delivery_id: job.delivery_id,
-            attempt: job.attempt,
-            leased_until: job.leased_until,
-            endpoint_id: job.endpoint_id.clone(),
-            ordering_key: job.ordering_key.clone(),
-            verdict: judgement.verdict,
-            record: Some(AttemptRecord {
-                started_at,
-                duration: clock.elapsed(),
-                status_code,
-                error: judgement.error,
-                response_excerpt: excerpt,
-            }),
-            disable_endpoint: judgement.disable_endpoint,
-        }
+        let record = AttemptRecord {
+            started_at,
+            duration: clock.elapsed(),
+            status_code,
+            error: judgement.error,
+            response_excerpt: excerpt,
+        };
+        Outcome::attempted(job, judgement.verdict, record)
+            .disabling_endpoint(judgement.disable_endpoint)
     }
 
     /// The signed request, or why it cannot be sent.

@@ -254,7 +254,12 @@ impl Drop for TempPostgres {
     }
 }
 
-/// `initdb` on PATH, else the newest `/usr/lib/postgresql/<major>/bin`.
+/// The directory of the PostgreSQL binaries a throwaway cluster uses
+/// (`initdb` on PATH, else the newest `/usr/lib/postgresql/<major>/bin`).
+pub fn bin_dir() -> Option<PathBuf> {
+    find_bin_dir()
+}
+
 fn find_bin_dir() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)

@@ -16,17 +16,18 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Backoff, Db, DbError};
-use crate::telemetry;
+use crate::db::slot::{Session, Slot, within};
+use crate::db::{Db, DbError};
 
 /// The publication created by `sql/migrations` (inserts into
 /// `outbox.messages` only).
 pub const PUBLICATION: &str = "outboxd_messages";
 
 const PEEK: &str = include_str!("../../sql/queries/logical_slot_read.sql");
+const CREATE_SLOT: &str = include_str!("../../sql/queries/logical_slot_create.sql");
 
 /// Why logical wake-up cannot run here.
 #[derive(Debug, thiserror::Error)]
@@ -124,71 +125,114 @@ pub async fn run(
     active: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = db.backoff();
-    while !shutdown.is_cancelled() {
-        // Shutdown must not wait for a connection, or a slot creation (it
-        // waits for running transactions), that may take long.
-        let polled = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            polled = poll_slot(&db, &slot, interval, &wake, &active, &shutdown, &mut backoff) => polled,
-        };
-        if let Err(error) = polled {
-            telemetry::reconnect("logical");
-            tracing::warn!(%error, slot, "logical wake-up lost its connection; reconnecting");
-        }
-        active.store(false, Ordering::Relaxed);
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-}
-
-/// One connection's life: create the slot, nudge, then read it forever.
-async fn poll_slot(
-    db: &Db,
-    slot: &str,
-    interval: Duration,
-    wake: &Notify,
-    active: &AtomicBool,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-) -> Result<(), DbError> {
-    let client = db.connect().await?;
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)",
-            &[&slot],
-        )
-        .await
-        .map_err(DbError::during("creating the temporary replication slot"))?;
-    let read = client
-        .prepare(PEEK)
-        .await
-        .map_err(DbError::during("preparing the slot read"))?;
-    active.store(true, Ordering::Relaxed);
-    backoff.reset();
-    tracing::info!(
+    let spec = SlotSpec {
         slot,
-        "logical wake-up: polling a temporary replication slot"
-    );
-    // Slot first, then look: rows committed before it are found by the poll.
-    wake.notify_one();
+        wake: wake.clone(),
+    };
+    let mut reader = Slot::<SlotReader>::with_spec(&db, "logical", spec);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Shutdown must not wait for a connection, or a slot creation (it
+        // waits for running transactions), that may take long.
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            read = read_once(&mut reader, &wake, &active) => read,
+        };
+        let wait = match read {
+            Ok(()) => {
+                reader.succeeded();
+                tick.tick()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "logical wake-up lost its connection; reconnecting");
+                active.store(false, Ordering::Relaxed);
+                let delay = reader.failed(&error);
+                tick.reset_after(delay);
+                tick.tick()
+            }
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+            _ = wait => {}
         }
-        let inserts: i64 = client
-            .query_one(&read, &[&slot, &PUBLICATION])
-            .await
-            .map_err(DbError::during("reading the replication slot"))?
-            .get(0);
-        if inserts > 0 {
-            wake.notify_one();
-        }
+    }
+    active.store(false, Ordering::Relaxed);
+}
+
+/// Reads the slot once (creating it first on a new connection); nudges the
+/// dispatcher when inserts were committed.
+async fn read_once(
+    reader: &mut Slot<SlotReader>,
+    wake: &Notify,
+    active: &AtomicBool,
+) -> Result<(), DbError> {
+    let db = reader.db().clone();
+    let session = reader.get().await?;
+    active.store(true, Ordering::Relaxed);
+    let inserts: i64 = within(
+        &db,
+        &session.client,
+        "reading the replication slot",
+        session
+            .client
+            .query_one(&session.read, &[&session.slot, &PUBLICATION]),
+    )
+    .await?
+    .get(0);
+    if inserts > 0 {
+        wake.notify_one();
+    }
+    Ok(())
+}
+
+/// A connection holding this sidecar's temporary replication slot.
+struct SlotReader {
+    client: Client,
+    read: Statement,
+    slot: String,
+}
+
+/// How a [`SlotReader`] is set up.
+struct SlotSpec {
+    /// The replication slot's name.
+    slot: String,
+    /// Nudged once the slot exists.
+    wake: Arc<Notify>,
+}
+
+impl Session for SlotReader {
+    type Spec = SlotSpec;
+
+    async fn open(db: &Db, SlotSpec { slot, wake }: &SlotSpec) -> Result<Self, DbError> {
+        let client = db.connect().await?;
+        // Creating the slot waits for transactions running now; a server
+        // that takes longer than the deadline to let them finish is tried
+        // again after the backoff.
+        within(
+            db,
+            &client,
+            "creating the temporary replication slot",
+            client.execute(CREATE_SLOT, &[slot]),
+        )
+        .await?;
+        let read = within(db, &client, "preparing the slot read", client.prepare(PEEK)).await?;
+        tracing::info!(
+            slot,
+            "logical wake-up: polling a temporary replication slot"
+        );
+        // Slot first, then look: rows committed before it are found by the
+        // poll this nudge starts.
+        wake.notify_one();
+        Ok(Self {
+            client,
+            read,
+            slot: slot.clone(),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
     }
 }
 

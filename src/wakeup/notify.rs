@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::db::{Backoff, Db, DbError};
-use crate::telemetry;
+use crate::db::slot::{Session, Slot};
+use crate::db::{Db, DbError};
 
 /// The channel the insert trigger notifies (see `sql/migrations`).
 pub const CHANNEL: &str = "outboxd_wakeup";
@@ -33,94 +33,103 @@ pub async fn run(
     listening: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = db.backoff();
+    let mut slot = Slot::<Listener>::with_spec(&db, "listener", wake);
     loop {
         // Shutdown must not wait for a connection that may never answer.
-        let lost = tokio::select! {
+        let listened = tokio::select! {
             _ = shutdown.cancelled() => break,
-            lost = listen_once(&db, &wake, &listening, &mut backoff) => lost,
+            listened = listen_a_while(&mut slot, &listening) => listened,
         };
-        telemetry::reconnect("listener");
-        tracing::warn!(error = %lost, "wake-up listener lost its connection; reconnecting");
+        let Err(error) = listened else {
+            slot.succeeded();
+            continue;
+        };
+        tracing::warn!(%error, "wake-up listener lost its connection; reconnecting");
         listening.store(false, Ordering::Relaxed);
+        let delay = slot.failed(&error);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
     }
     listening.store(false, Ordering::Relaxed);
 }
 
-/// One connection's life: subscribe, nudge, forward notifications, probe;
-/// returns why it ended. Every step that waits for the server is bounded,
-/// so a connection that dies silently is given up within seconds.
-async fn listen_once(
-    db: &Db,
-    wake: &Arc<Notify>,
-    listening: &AtomicBool,
-    backoff: &mut Backoff,
-) -> Lost {
-    let (client, mut connection) = match db.open().await {
-        Ok(opened) => opened,
-        Err(error) => return error.into(),
-    };
-    let forward = {
-        let wake = Arc::clone(wake);
-        async move {
-            while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
-                    Ok(_) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(())
-        }
-    };
-    let mut forward = AbortOnDropHandle::new(tokio::spawn(forward));
-    match tokio::time::timeout(
-        PROBE_TIMEOUT,
-        client.batch_execute(&format!("LISTEN {CHANNEL}")),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => return DbError::during("subscribing with LISTEN")(error).into(),
-        Err(_) => return Lost::Unresponsive(PROBE_TIMEOUT),
-    }
+/// Listens (subscribing first on a new connection) until the next probe,
+/// which must answer; an error says why the connection is given up. Every
+/// step that waits for the server is bounded, so a connection that died
+/// silently is given up within seconds.
+async fn listen_a_while(slot: &mut Slot<Listener>, listening: &AtomicBool) -> Result<(), DbError> {
+    let listener = slot.get().await?;
     listening.store(true, Ordering::Relaxed);
-    backoff.reset();
-    tracing::info!(channel = CHANNEL, "listening for wake-ups");
-    // Subscribed first, now look: rows committed before LISTEN are found.
-    wake.notify_one();
-    let mut probe = tokio::time::interval(PROBE_EVERY);
-    probe.tick().await;
-    loop {
-        tokio::select! {
-            ended = &mut forward => {
-                return match ended {
-                    Ok(Err(error)) => DbError::during("listening for wake-ups")(error).into(),
-                    _ => Lost::Closed,
-                };
-            }
-            _ = probe.tick() => {
-                match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => return DbError::during("probing the listener")(error).into(),
-                    Err(_) => return Lost::Unresponsive(PROBE_TIMEOUT),
-                }
-            }
+    tokio::select! {
+        ended = &mut listener.forward => Err(match ended {
+            Ok(Err(error)) => DbError::during("listening for wake-ups")(error),
+            _ => DbError::Closed {
+                context: "listening for wake-ups",
+            },
+        }),
+        _ = tokio::time::sleep(PROBE_EVERY) => {
+            bounded("probing the listener", listener.client.simple_query("SELECT 1")).await?;
+            Ok(())
         }
     }
 }
 
-/// Why a listening connection ended.
-#[derive(Debug, thiserror::Error)]
-enum Lost {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("the connection closed")]
-    Closed,
-    #[error("a probe got no answer within {0:?}")]
-    Unresponsive(Duration),
+/// A connection subscribed with `LISTEN`, whose notifications a task turns
+/// into nudges.
+struct Listener {
+    client: Client,
+    /// Forwards notifications until the connection ends.
+    forward: AbortOnDropHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl Session for Listener {
+    /// Nudged on every notification.
+    type Spec = Arc<Notify>;
+
+    async fn open(db: &Db, wake: &Arc<Notify>) -> Result<Self, DbError> {
+        let (client, mut connection) = db.open().await?;
+        let forward = {
+            let wake = Arc::clone(wake);
+            async move {
+                while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+                    match message {
+                        Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                        Ok(_) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok(())
+            }
+        };
+        let forward = AbortOnDropHandle::new(tokio::spawn(forward));
+        bounded(
+            "subscribing with LISTEN",
+            client.batch_execute(&format!("LISTEN {CHANNEL}")),
+        )
+        .await?;
+        tracing::info!(channel = CHANNEL, "listening for wake-ups");
+        // Subscribed first, now look: rows committed before LISTEN are found.
+        wake.notify_one();
+        Ok(Self { client, forward })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed() || self.forward.is_finished()
+    }
+}
+
+/// `statement`, given up after [`PROBE_TIMEOUT`].
+async fn bounded<T>(
+    context: &'static str,
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(PROBE_TIMEOUT, statement).await {
+        Ok(answered) => answered.map_err(DbError::during(context)),
+        Err(_) => Err(DbError::Unresponsive {
+            context,
+            after: PROBE_TIMEOUT,
+        }),
+    }
 }

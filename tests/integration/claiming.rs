@@ -49,22 +49,14 @@ async fn insert_many(db: &TestDb, n: i32) {
 
 /// The outcome of one attempt at `job`.
 fn outcome(job: &Job, verdict: Verdict, status: u16) -> Outcome {
-    Outcome {
-        delivery_id: job.delivery_id,
-        attempt: job.attempt,
-        leased_until: job.leased_until,
-        endpoint_id: "e".into(),
-        ordering_key: None,
-        verdict,
-        record: Some(AttemptRecord {
-            started_at: SystemTime::now(),
-            duration: Duration::from_millis(3),
-            status_code: Some(status),
-            error: (status >= 300).then(|| format!("HTTP {status}")),
-            response_excerpt: None,
-        }),
-        disable_endpoint: None,
-    }
+    let record = AttemptRecord {
+        started_at: SystemTime::now(),
+        duration: Duration::from_millis(3),
+        status_code: Some(status),
+        error: (status >= 300).then(|| format!("HTTP {status}")),
+        response_excerpt: None,
+    };
+    Outcome::attempted(job, verdict, record)
 }
 
 #[tokio::test]
@@ -90,7 +82,7 @@ async fn a_claim_never_takes_more_rows_than_its_batch() {
     let mut ids: Vec<i64> = [first, second, third]
         .concat()
         .iter()
-        .map(|j| j.delivery_id)
+        .map(|j| j.claim.delivery_id)
         .collect();
     ids.sort();
     ids.dedup();
@@ -179,7 +171,7 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
         .unwrap();
     assert_eq!(claimed_by_a.len(), 1);
     let job_a = &claimed_by_a[0];
-    assert_eq!(job_a.attempt, 1);
+    assert_eq!(job_a.claim.attempt, 1);
     assert!(
         b.claim("worker-b", 10, Duration::from_secs(60))
             .await
@@ -205,7 +197,10 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let job_b = &claimed_by_b[0];
-    assert_eq!((job_b.delivery_id, job_b.attempt), (job_a.delivery_id, 2));
+    assert_eq!(
+        (job_b.claim.delivery_id, job_b.claim.attempt),
+        (job_a.claim.delivery_id, 2)
+    );
     let written = b
         .complete("worker-b", &[&outcome(job_b, Verdict::Delivered, 200)], DAY)
         .await
@@ -222,12 +217,7 @@ async fn a_worker_whose_lease_expired_cannot_overwrite_the_new_owners_outcome() 
             .written,
         0
     );
-    assert_eq!(
-        a.release("worker-a", &[(job_a.delivery_id, 1, job_a.leased_until)])
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(a.release("worker-a", &[job_a.claim]).await.unwrap(), 0);
     // Nor may A, by some bug, write B's claim.
     let forged = outcome(job_b, Verdict::Dead, 500);
     assert_eq!(
@@ -284,10 +274,10 @@ async fn the_outcome_of_a_claim_a_crash_forgot_does_not_land_on_the_next_claim()
     let again = q.claim("w", 10, Duration::from_secs(60)).await.unwrap();
     let (old, new) = (&forgotten[0], &again[0]);
     assert_eq!(
-        (old.delivery_id, old.attempt),
-        (new.delivery_id, new.attempt)
+        (old.claim.delivery_id, old.claim.attempt),
+        (new.claim.delivery_id, new.claim.attempt)
     );
-    assert_ne!(old.leased_until, new.leased_until);
+    assert_ne!(old.claim.leased_until, new.claim.leased_until);
 
     // Both requests went out; their outcomes meet in one batch.
     let late = outcome(old, Verdict::Retry(Duration::ZERO), 500);
@@ -298,12 +288,7 @@ async fn the_outcome_of_a_claim_a_crash_forgot_does_not_land_on_the_next_claim()
         .unwrap()
         .written;
     assert_eq!(written, 1, "only the current claim's outcome lands");
-    assert_eq!(
-        q.release("w", &[(old.delivery_id, old.attempt, old.leased_until)])
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(q.release("w", &[old.claim]).await.unwrap(), 0);
     let row = db
         .client
         .query_one(
@@ -363,9 +348,9 @@ async fn an_outcome_the_database_refuses_does_not_hold_up_the_others() {
     assert_eq!(
         statuses,
         [
-            (jobs[0].delivery_id, "delivered".to_owned()),
-            (jobs[1].delivery_id, "in_flight".to_owned()),
-            (jobs[2].delivery_id, "delivered".to_owned()),
+            (jobs[0].claim.delivery_id, "delivered".to_owned()),
+            (jobs[1].claim.delivery_id, "in_flight".to_owned()),
+            (jobs[2].claim.delivery_id, "delivered".to_owned()),
         ],
         "the refused one waits for its lease to end"
     );

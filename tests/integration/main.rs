@@ -26,6 +26,7 @@ mod operations;
 mod ordering;
 mod retries;
 mod roles;
+mod schema;
 mod shutdown;
 mod tenants;
 mod tls;

@@ -56,7 +56,7 @@ async fn run_refuses_an_unmigrated_database_and_can_migrate_it() {
     shutdown.cancel();
     sidecar::run(config(&db), true, shutdown).await.unwrap();
     assert_eq!(
-        sidecar::schema_version(&db.client).await.unwrap(),
+        migrate::schema_version(&db.client).await.unwrap(),
         MIGRATIONS.last().unwrap().version
     );
 }

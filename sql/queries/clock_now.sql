@@ -1,0 +1,2 @@
+-- The database's clock (the one leases use).
+SELECT now()

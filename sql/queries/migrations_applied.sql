@@ -1,0 +1,2 @@
+-- Every applied migration's version.
+SELECT version FROM outbox.schema_migrations ORDER BY version

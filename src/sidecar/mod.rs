@@ -1,0 +1,233 @@
+//! `outboxd run`: wires the wake-up watcher, the dispatcher, the outcome
+//! writer and the background tasks together ([`run`]), and owns the
+//! shutdown sequence ([`Running::stop`]). The shutdown trigger is a
+//! parameter, so tests and the demo run the whole sidecar in-process.
+//!
+//! Shutdown: stop claiming; give in-flight requests the grace period to
+//! finish; cancel the rest and release their claims; write every outcome;
+//! stop the background tasks; return. Each step has a cancellation token
+//! named for what it stops.
+
+mod startup;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::startup::SidecarError;
+use crate::admin::{self, Readiness};
+use crate::config::{Config, Wakeup};
+use crate::db::Db;
+use crate::delivery::Deliverer;
+use crate::dispatcher::{Dispatcher, Signals};
+use crate::router::Router;
+use crate::wakeup::{self, logical};
+use crate::writer::Writer;
+use crate::{maintenance, telemetry};
+
+/// How long the writer may keep retrying after shutdown before it gives up
+/// on outcomes it cannot store (their leases then expire: redelivered).
+const FINAL_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs the sidecar until `shutdown` fires, then drains and returns.
+/// `migrate` applies pending migrations first.
+pub async fn run(
+    config: Config,
+    migrate: bool,
+    shutdown: CancellationToken,
+) -> Result<(), SidecarError> {
+    let Some((dispatcher, running)) = start(config, migrate, &shutdown).await? else {
+        // Shut down while waiting for the database.
+        return Ok(());
+    };
+    tracing::info!(
+        worker_id = %running.config.worker_id,
+        wakeup = ?running.config.wakeup,
+        "outboxd running"
+    );
+    dispatcher.run(shutdown).await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Everything started beside the dispatcher, and how to stop it.
+struct Running {
+    config: Arc<Config>,
+    readiness: Arc<Readiness>,
+    /// Delivery tasks, one per claimed row.
+    deliveries: TaskTracker,
+    /// Cancels in-flight requests, whose claims are then released.
+    cancel_requests: CancellationToken,
+    writer: JoinHandle<()>,
+    /// Makes the writer drop what it cannot store (leases then expire).
+    give_up_writing: CancellationToken,
+    /// The wake-up watcher, the admin server, the router, housekeeping.
+    background: Vec<JoinHandle<()>>,
+    /// Stops [`background`](Self::background).
+    stop_background: CancellationToken,
+}
+
+/// Validates the configuration, waits for the database and checks its
+/// schema, then starts every task and returns the dispatcher to run.
+/// `None`: `shutdown` fired while waiting for the database.
+async fn start(
+    config: Config,
+    migrate: bool,
+    shutdown: &CancellationToken,
+) -> Result<Option<(Dispatcher, Running)>, SidecarError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let mut db = Db::new(&config.database_url)?
+        .with_reconnect_max(config.reconnect_max)
+        .with_pinned_search_path();
+    if config.async_commit {
+        db = db.with_async_commit();
+    }
+    let deliverer = Deliverer::new(&config)?;
+    if !startup::prepare_database(&db, &config, migrate, shutdown).await? {
+        return Ok(None);
+    }
+    let signals = Signals {
+        wake: Arc::new(Notify::new()),
+        route_backlog: Arc::new(Notify::new()),
+    };
+    let (outcomes, outcome_queue) = mpsc::channel(config.concurrency * 2 + 64);
+    let give_up_writing = CancellationToken::new();
+    let writer = Writer::new(
+        db.clone(),
+        config.worker_id.clone(),
+        config.disable_after,
+        outcome_queue,
+        signals.wake.clone(),
+    );
+    let writer = tokio::spawn(writer.run(give_up_writing.clone()));
+    let stop_background = CancellationToken::new();
+    let (background, readiness) =
+        spawn_background(&db, &config, &signals, &stop_background).await?;
+    let deliveries = TaskTracker::new();
+    let cancel_requests = CancellationToken::new();
+    let dispatcher = Dispatcher::new(
+        config.clone(),
+        db,
+        deliverer,
+        outcomes,
+        signals,
+        deliveries.clone(),
+        cancel_requests.clone(),
+    );
+    let running = Running {
+        config,
+        readiness,
+        deliveries,
+        cancel_requests,
+        writer,
+        give_up_writing,
+        background,
+        stop_background,
+    };
+    Ok(Some((dispatcher, running)))
+}
+
+/// Starts the wake-up watcher, the admin server, the router and
+/// housekeeping, all stopped by `stop`.
+async fn spawn_background(
+    db: &Db,
+    config: &Config,
+    signals: &Signals,
+    stop: &CancellationToken,
+) -> Result<(Vec<JoinHandle<()>>, Arc<Readiness>), SidecarError> {
+    let mut tasks = Vec::new();
+    let listening = Arc::new(AtomicBool::new(false));
+    tasks.extend(wakeup::spawn(
+        config.wakeup,
+        db.clone(),
+        logical::slot_name(&config.worker_id),
+        config.logical_interval,
+        signals.wake.clone(),
+        listening.clone(),
+        stop.clone(),
+    ));
+    let readiness = Arc::new(Readiness::new(
+        db.clone(),
+        (config.wakeup != Wakeup::Poll).then_some(listening),
+    ));
+    if let Some(addr) = config.admin_addr {
+        tasks.push(serve_admin(addr, &readiness, config, stop).await?);
+    }
+    // A route a database crash forgets is simply routed again.
+    let router = Router::new(
+        db.clone().with_async_commit(),
+        signals.route_backlog.clone(),
+        signals.wake.clone(),
+    );
+    tasks.push(tokio::spawn(router.run(stop.clone())));
+    tasks.push(tokio::spawn(maintenance::run(
+        db.clone(),
+        config.retention,
+        stop.clone(),
+    )));
+    Ok((tasks, readiness))
+}
+
+async fn serve_admin(
+    addr: SocketAddr,
+    readiness: &Arc<Readiness>,
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<JoinHandle<()>, SidecarError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| SidecarError::AdminBind { addr, source })?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "admin server on /metrics, /healthz, /readyz");
+    telemetry::handle();
+    Ok(tokio::spawn(admin::serve(
+        listener,
+        readiness.clone(),
+        config.admin_limits,
+        stop.clone(),
+    )))
+}
+
+impl Running {
+    /// The shutdown sequence, once the dispatcher has stopped claiming.
+    async fn stop(self) {
+        self.readiness.drain();
+        let deliveries = &self.deliveries;
+        tracing::info!(in_flight = deliveries.len(), "shutting down: no new claims");
+        deliveries.close();
+        let grace = self.config.shutdown_grace;
+        if tokio::time::timeout(grace, deliveries.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = deliveries.len(),
+                "grace period over: cancelling in-flight requests and releasing their claims"
+            );
+            self.cancel_requests.cancel();
+            deliveries.wait().await;
+        }
+        // Every sender is gone now, so the writer ends once its queue is
+        // stored.
+        let mut writer = self.writer;
+        if tokio::time::timeout(FINAL_WRITE_DEADLINE, &mut writer)
+            .await
+            .is_err()
+        {
+            self.give_up_writing.cancel();
+            let _ = writer.await;
+        }
+        self.stop_background.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        tracing::info!("outboxd stopped");
+    }
+}
