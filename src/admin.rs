@@ -5,10 +5,10 @@
 //! connections.
 //!
 //! It often listens on every interface (probes come from outside the
-//! container), so it bounds what a client can hold ([`Limits`]): a request
-//! head must arrive within [`HEADER_READ_TIMEOUT`], at most
-//! [`MAX_CONNECTIONS`] are open (a new one closes the oldest, so probes
-//! still get in), and none lives longer than [`MAX_CONNECTION_LIFETIME`].
+//! container), so it bounds what a client can hold ([`AdminLimits`]): a
+//! request head must arrive within 10 s, at most 64 connections are open
+//! (a new one closes the oldest, so probes still get in), and none lives
+//! longer than a minute.
 //! Idle clients cannot use up the file descriptors that deliveries and
 //! database reconnects need.
 
@@ -27,42 +27,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AdminLimits;
 use crate::db::slot::Slot;
 use crate::db::{Db, DbError};
 use crate::telemetry;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A client has this long from connecting (or from its previous response)
-/// to send a whole request head. Probes and scrapes send theirs at once.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections open at once; a new one beyond this closes the oldest.
-pub const MAX_CONNECTIONS: usize = 64;
-/// No connection stays open longer, whatever its client does.
-pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-
-/// How the admin server keeps clients from holding connections (and file
-/// descriptors, which deliveries and reconnects need) open. The defaults
-/// are the constants above; tests shorten them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// See [`HEADER_READ_TIMEOUT`].
-    pub header_read_timeout: Duration,
-    /// See [`MAX_CONNECTIONS`].
-    pub max_connections: usize,
-    /// See [`MAX_CONNECTION_LIFETIME`].
-    pub max_lifetime: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: HEADER_READ_TIMEOUT,
-            max_connections: MAX_CONNECTIONS,
-            max_lifetime: MAX_CONNECTION_LIFETIME,
-        }
-    }
-}
 
 /// What `/readyz` checks.
 pub struct Readiness {
@@ -129,7 +99,7 @@ impl Readiness {
 pub async fn serve(
     listener: TcpListener,
     readiness: Arc<Readiness>,
-    limits: Limits,
+    limits: AdminLimits,
     shutdown: CancellationToken,
 ) {
     let connections = Arc::new(Connections::new(limits.max_connections));

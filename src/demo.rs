@@ -292,7 +292,7 @@ async fn print_summary(client: &tokio_postgres::Client, receiver: &Receiver) -> 
         .iter()
         .map(|row| (0..header.len()).map(|i| row.get::<_, String>(i)).collect())
         .collect();
-    print!("{}", crate::commands::table::render(&header, &table));
+    print!("{}", crate::table::render(&header, &table));
     let delivered = table.iter().filter(|r| r[2] == "delivered").count();
     let dead = table.iter().filter(|r| r[2] == "dead").count();
     let requests = receiver.received();

@@ -4,8 +4,10 @@
 //! back to PostgreSQL so that status is one `SELECT` away.
 //!
 //! The library is the sidecar itself (run it in-process with
-//! [`sidecar::run`]) and the signing code that Rust receivers can reuse
-//! ([`signature`]).
+//! [`sidecar::run`] and a [`config::Config`]) and the signing code that
+//! Rust receivers can reuse ([`signature`]). The command line, the demo and
+//! the benchmark are the default feature `cli`; leave it out
+//! (`default-features = false`) to embed the core alone.
 //!
 //! Runnable examples live in the repository's `examples/`: `app.rs` (an
 //! application writing a business row and its event in one transaction),
@@ -13,53 +15,75 @@
 //! and deduplicating by `webhook-id`) and `sql/` (the same from psql).
 //!
 //! # Layout
-//! - [`cli`]: command-line definitions and the glue to the library;
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
-//! - [`commands`]: `status`, `endpoint`, `replay`, `verify`, `adopt`;
+//! The core, from the bottom up:
+//! - [`signature`]: Standard Webhooks signing and verification, HMAC
+//!   (`whsec_`, `v1,`) and ed25519 (`whsk_`/`whpk_`, `v1a,`);
+//! - [`retry`]: the retry schedule, jitter and `Retry-After`;
 //! - [`config`]: validated settings;
-//! - [`db`]: connections (TLS as the URL's `sslmode` asks, [`db::tls`]),
-//!   embedded migrations (`sql/migrations`) and the named queries
-//!   (`sql/queries`);
-//! - [`sidecar`]: wiring and the shutdown sequence of `outboxd run`;
-//! - [`wakeup`]: `LISTEN` or a logical replication slot, with reconnects;
-//! - [`dispatcher`]: the main loop: wake, route and claim, start delivery
-//!   tasks;
-//! - [`router`]: routes a backlog of committed messages in the background;
+//! - [`telemetry`]: metric names and recording helpers;
+//! - [`db`]: connections ([`db::slot`]: how every long-lived one is kept
+//!   and recovered), TLS, embedded migrations, the advisory-lock spaces and
+//!   the named queries of `sql/queries` (what is claimed, how an outcome is
+//!   written);
 //! - [`delivery`]: one attempt: sign, POST, read a bounded answer, judge;
-//!   [`delivery::egress`] is the SSRF guard (which addresses may be
-//!   reached), [`delivery::client`] the shared and per-endpoint (custom
-//!   TLS) HTTP clients;
+//!   the SSRF guard and the HTTP clients;
+//! - [`wakeup`]: `LISTEN` or a logical replication slot;
+//! - [`dispatcher`]: the main loop: wake, route and claim, start delivery
+//!   tasks; when to claim is [`dispatcher`]'s `pace`;
+//! - [`router`]: routes a backlog of committed messages in the background;
 //! - [`writer`]: fenced, batched outcome write-back;
 //! - [`maintenance`]: backlog gauges and the retention purge;
-//! - [`retry`]: the retry schedule, jitter and `Retry-After`;
-//! - [`signature`]: Standard Webhooks signing and verification;
-//! - [`telemetry`]: metric names and recording helpers;
-//! - [`signature`]: Standard Webhooks signing and verification, HMAC
-//!   (`whsec_`, `v1,`) and ed25519 ([`signature::ed25519`]: `whsk_`/`whpk_`,
-//!   `v1a,`);
-//! - [`embedded`]: throwaway PostgreSQL and loopback receiver for the demo,
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`sidecar`]: wiring, start-up checks and the shutdown sequence of
+//!   `outboxd run`.
+//!
+//! The edge (feature `cli`):
+//! - `cli`: the command line, one module per command owning its options;
+//! - `demo`: `outboxd demo`;
+//! - `bench`: `outboxd bench`, the product measured beside the machine's
+//!   ceilings;
+//! - `embedded`: throwaway PostgreSQL and loopback receiver for the demo,
 //!   the benchmark and the tests;
-//! - [`demo`]: `outboxd demo`;
-//! - [`bench`]: `outboxd bench`, the product measured beside the machine's
-//!   ceilings.
+//! - `table`: plain-text tables for the commands' output.
+//!
+//! Only [`config`], [`retry`], [`signature`] and [`sidecar`] are the API.
+//! The other core modules are public for the integration tests, which
+//! drive them against a real PostgreSQL; they are hidden from the docs and
+//! may change in any release.
 
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod bench;
-pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod db;
-pub mod delivery;
-pub mod demo;
-pub mod dispatcher;
-pub mod embedded;
-pub mod maintenance;
 pub mod retry;
-pub mod router;
 pub mod sidecar;
 pub mod signature;
+
+#[doc(hidden)]
+pub mod admin;
+#[doc(hidden)]
+pub mod db;
+#[doc(hidden)]
+pub mod delivery;
+#[doc(hidden)]
+pub mod dispatcher;
+#[doc(hidden)]
+pub mod maintenance;
+#[doc(hidden)]
+pub mod router;
+#[doc(hidden)]
 pub mod telemetry;
+#[doc(hidden)]
 pub mod wakeup;
+#[doc(hidden)]
 pub mod writer;
+
+#[cfg(feature = "cli")]
+pub mod bench;
+#[cfg(feature = "cli")]
+pub mod cli;
+#[cfg(feature = "cli")]
+pub mod demo;
+#[cfg(feature = "cli")]
+pub mod embedded;
+#[cfg(feature = "cli")]
+pub mod table;

@@ -19,8 +19,6 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::delivery::{Job, Outcome, Verdict};
-
 /// Deliveries finished or rescheduled, by endpoint and outcome
 /// (`delivered`, `retry`, `dead`, `released`).
 pub const DELIVERIES: &str = "outboxd_deliveries_total";
@@ -134,22 +132,21 @@ pub fn in_flight(delta: f64) {
     gauge!(IN_FLIGHT).increment(delta);
 }
 
-/// Records a finished attempt (or release) of `job`.
-pub fn outcome(job: &Job, outcome: &Outcome) {
-    let endpoint = job.endpoint_id.clone();
-    let label = match outcome.verdict {
-        Verdict::Delivered => "delivered",
-        Verdict::Retry(_) => "retry",
-        Verdict::Dead => "dead",
-        Verdict::Release => "released",
-    };
-    counter!(DELIVERIES, "endpoint" => endpoint.clone(), "outcome" => label).increment(1);
-    if let Some(record) = &outcome.record {
-        histogram!(ATTEMPT_DURATION, "endpoint" => endpoint.clone())
-            .record(record.duration.as_secs_f64());
+/// Records a finished attempt (or release) at `endpoint`: `outcome` names
+/// what became of the delivery; `duration` is the request's, when one was
+/// made; `lag`, from the message's creation to its delivery.
+pub fn outcome(
+    endpoint: &str,
+    outcome: &'static str,
+    duration: Option<Duration>,
+    lag: Option<Duration>,
+) {
+    let endpoint = endpoint.to_owned();
+    counter!(DELIVERIES, "endpoint" => endpoint.clone(), "outcome" => outcome).increment(1);
+    if let Some(duration) = duration {
+        histogram!(ATTEMPT_DURATION, "endpoint" => endpoint.clone()).record(duration.as_secs_f64());
     }
-    if outcome.verdict == Verdict::Delivered {
-        let lag = job.age_at_claim + job.claimed_at.elapsed();
+    if let Some(lag) = lag {
         histogram!(DELIVERY_LAG, "endpoint" => endpoint).record(lag.as_secs_f64());
     }
 }

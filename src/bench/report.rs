@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::{Bench, Options};
-use crate::commands::table;
+use crate::table;
 
 /// Commit-to-receipt percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]

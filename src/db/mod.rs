@@ -160,7 +160,7 @@ impl Db {
     /// Parses the URL and reads the certificate files it names; connects
     /// lazily.
     pub fn new(url: &DatabaseUrl) -> Result<Self, DbError> {
-        let split = tls::params::split(url.expose()).map_err(tls::TlsError::from)?;
+        let split = crate::config::url_params::split(url.expose()).map_err(tls::TlsError::from)?;
         let tls = TlsSettings::from_params(&split.tls)?;
         let mut config: tokio_postgres::Config = split.driver.parse().map_err(DbError::BadUrl)?;
         config.ssl_mode(tls.driver_mode());

@@ -18,8 +18,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
 
 use super::EndpointTls;
-use super::egress::{EgressPolicy, EgressProxy, GuardedResolver};
+use super::egress::{EgressPolicy, GuardedResolver};
 use crate::config::Config;
+use crate::config::EgressProxy;
 
 /// The HTTP client could not be built (TLS setup, proxy URL).
 #[derive(Debug, thiserror::Error)]

@@ -44,6 +44,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Its name in metrics (`outcome` label).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry(_) => "retry",
+            Self::Dead => "dead",
+            Self::Release => "released",
+        }
+    }
+
     /// The `deliveries.status` this verdict writes.
     pub fn status(self) -> &'static str {
         match self {

@@ -1,7 +1,7 @@
 //! The main loop: wait for a reason to look (wake-up, poll tick, the next
 //! scheduled row), claim as many due deliveries as there are free permits,
 //! and start one task per claimed row. A full claim means there is more:
-//! claim again as soon as permits free up. When to look is [`pace`]'s
+//! claim again as soon as permits free up. When to look is `pace.rs`'s
 //! decision; what is claimed, `outbox.claim`'s (see `db::queries`).
 //!
 //! The dispatcher never decides *what* to deliver from a wake-up's content:
@@ -242,7 +242,13 @@ impl Dispatcher {
                 outcome = deliverer.deliver(&job) => outcome,
             };
             telemetry::in_flight(-1.0);
-            telemetry::outcome(&job, &outcome);
+            let delivered = outcome.verdict == Verdict::Delivered;
+            telemetry::outcome(
+                &job.endpoint_id,
+                outcome.verdict.label(),
+                outcome.record.as_ref().map(|r| r.duration),
+                delivered.then(|| job.age_at_claim + job.claimed_at.elapsed()),
+            );
             log(&job, &outcome);
             // Keep the permit until the writer has room: a stalled database
             // stops new claims instead of piling up outcomes in memory.

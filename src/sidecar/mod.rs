@@ -1,6 +1,6 @@
 //! `outboxd run`: wires the wake-up watcher, the dispatcher, the outcome
 //! writer and the background tasks together ([`run`]), and owns the
-//! shutdown sequence ([`Running::stop`]). The shutdown trigger is a
+//! shutdown sequence (`Running::stop`). The shutdown trigger is a
 //! parameter, so tests and the demo run the whole sidecar in-process.
 //!
 //! Shutdown: stop claiming; give in-flight requests the grace period to

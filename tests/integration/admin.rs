@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use outboxd::admin::Limits;
+use outboxd::config::AdminLimits;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -24,7 +24,7 @@ fn free_addr() -> SocketAddr {
 }
 
 /// A sidecar whose admin server has `limits`, answering once this returns.
-async fn sidecar_with(limits: Limits) -> (Sidecar, SocketAddr) {
+async fn sidecar_with(limits: AdminLimits) -> (Sidecar, SocketAddr) {
     let db = fresh_db().await;
     let mut cfg = config(&db);
     let addr = free_addr();
@@ -81,10 +81,10 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test]
 async fn stalled_requests_are_closed_and_probes_still_answer() {
-    let limits = Limits {
+    let limits = AdminLimits {
         header_read_timeout: Duration::from_millis(500),
         max_connections: 16,
-        ..Limits::default()
+        ..AdminLimits::default()
     };
     let (sidecar, addr) = sidecar_with(limits).await;
     let mut stalled = stalled_clients(addr, 3 * limits.max_connections).await;
@@ -107,7 +107,7 @@ async fn stalled_requests_are_closed_and_probes_still_answer() {
 #[tokio::test]
 async fn connections_over_the_cap_close_the_oldest_at_once() {
     // Header timeout and lifetime far beyond the test: only the cap closes.
-    let limits = Limits {
+    let limits = AdminLimits {
         header_read_timeout: Duration::from_secs(600),
         max_connections: 8,
         max_lifetime: Duration::from_secs(600),
@@ -138,10 +138,10 @@ async fn connections_over_the_cap_close_the_oldest_at_once() {
 
 #[tokio::test]
 async fn no_connection_outlives_its_lifetime() {
-    let limits = Limits {
+    let limits = AdminLimits {
         header_read_timeout: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(1),
-        ..Limits::default()
+        ..AdminLimits::default()
     };
     let (sidecar, addr) = sidecar_with(limits).await;
     // A keep-alive client that asks once and then holds on.

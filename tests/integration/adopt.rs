@@ -56,10 +56,6 @@ async fn adopt(client: &Client, table: &str, mapping: &str) -> serde_json::Value
     serde_json::from_str(&text).unwrap()
 }
 
-async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 /// (table, trigger) of every adopting trigger, and every generated function.
 async fn adopted_objects(client: &Client) -> (Vec<String>, Vec<String>) {
     let strings = |sql: &'static str| async move {

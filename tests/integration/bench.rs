@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use outboxd::bench::{self, Options};
 
+use crate::common::count;
+
 #[tokio::test]
 async fn a_tiny_benchmark_delivers_everything_exactly_once() {
     let options = Options {
@@ -121,15 +123,11 @@ async fn a_benchmark_on_a_given_server_drops_its_database_afterwards() {
     };
     let report = bench::run(options).await.expect("the benchmark runs");
     assert_eq!(report.delivered_exactly_once, 50);
-    let left: i64 = db
-        .client
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'outboxd_bench_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let left: i64 = count(
+        &db.client,
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'outboxd_bench_%'",
+    )
+    .await;
     assert_eq!(left, 0, "the bench database is dropped");
 }
 

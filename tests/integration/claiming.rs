@@ -26,14 +26,7 @@ async fn queries(db: &TestDb) -> Queries {
 /// Endpoint "e", pointing where nothing listens: these tests claim and
 /// write outcomes themselves.
 async fn no_receiver_endpoint(db: &TestDb) {
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "e").await;
 }
 
 async fn insert_many(db: &TestDb, n: i32) {
@@ -390,12 +383,7 @@ async fn two_sidecars_deliver_ten_thousand_messages_exactly_once() {
     assert!(per_id.values().all(|&n| n == 1), "none arrived twice");
     assert!(got.iter().all(|r| r.verified == Some(Ok(()))));
     assert_eq!(count_status(&db.client, "delivered").await, 10_000);
-    let attempts: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.attempts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let attempts: i64 = count(&db.client, "SELECT count(*) FROM outbox.attempts").await;
     assert_eq!(attempts, 10_000);
 }
 

@@ -72,7 +72,7 @@ async fn endpoint_commands_manage_endpoints_without_showing_secrets() {
     assert_eq!(json[0]["id"], "billing");
     assert_eq!(json[0]["secrets"], 1);
 
-    let duplicate = outboxd(&db, &["endpoint", "add", "billing", "http://127.0.0.1:9/"]).await;
+    let duplicate = outboxd(&db, &["endpoint", "add", "billing", NOWHERE]).await;
     assert!(!duplicate.status.success());
     assert_eq!(
         stderr(&duplicate).trim(),
@@ -221,14 +221,7 @@ async fn endpoint_test_goes_through_the_running_sidecar() {
 #[tokio::test]
 async fn endpoint_test_without_a_sidecar_says_so() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "t",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "t").await;
     let output = outboxd(&db, &["endpoint", "test", "t", "--wait", "300ms"]).await;
     assert!(!output.status.success());
     assert!(
@@ -241,14 +234,7 @@ async fn endpoint_test_without_a_sidecar_says_so() {
 #[tokio::test]
 async fn replay_command_replays_dead_deliveries() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "r",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "r").await;
     insert_message(&db.client, "d1", "t", "{}").await;
     insert_message(&db.client, "d2", "t", "{}").await;
     route(&db.client).await;

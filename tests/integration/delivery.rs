@@ -86,15 +86,11 @@ async fn one_message_becomes_one_signed_post() {
     assert_eq!(row.get::<_, Option<i32>>(2), Some(200));
     assert!(row.get::<_, bool>(3));
     assert_eq!(row.get::<_, Option<SystemTime>>(4), None);
-    let attempts: i64 = db
-        .client
-        .query_one(
-            "SELECT count(*) FROM outbox.attempts WHERE status_code = 200 AND error IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let attempts: i64 = count(
+        &db.client,
+        "SELECT count(*) FROM outbox.attempts WHERE status_code = 200 AND error IS NULL",
+    )
+    .await;
     assert_eq!(attempts, 1);
 }
 
@@ -190,12 +186,7 @@ async fn unknown_explicit_endpoint_is_an_insert_error() {
         "{}",
         db_error.message()
     );
-    let messages: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let messages: i64 = count(&db.client, "SELECT count(*) FROM outbox.messages").await;
     assert_eq!(messages, 0);
 }
 
@@ -228,26 +219,14 @@ async fn rolled_back_transaction_delivers_nothing() {
         .map(|r| r.webhook_id)
         .collect();
     assert_eq!(ids, ["sentinel"]);
-    let deliveries: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.deliveries", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let deliveries: i64 = count(&db.client, "SELECT count(*) FROM outbox.deliveries").await;
     assert_eq!(deliveries, 1);
 }
 
 #[tokio::test]
 async fn duplicate_event_id_is_rejected_or_ignored_on_conflict() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "e").await;
     insert_message(&db.client, "same", "t", r#"{"v": 1}"#).await;
 
     let error = db

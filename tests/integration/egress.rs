@@ -4,7 +4,7 @@
 //! Every address here is on loopback: the guard is what is under test, so a
 //! target it wrongly let through must still not leave the machine.
 
-use outboxd::delivery::egress::EgressProxy;
+use outboxd::config::EgressProxy;
 use outboxd::signature::Secret;
 
 use crate::common::*;
@@ -52,15 +52,7 @@ async fn default_config_refuses_loopback_and_records_why() {
         error.starts_with("refused: ") && error.contains("is a loopback address"),
         "checked after resolving localhost: {error}"
     );
-    let logged: i64 = db
-        .client
-        .query_one(
-            "SELECT count(*) FROM outbox.attempts WHERE status_code IS NULL AND error LIKE 'refused: %'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let logged: i64 = count(&db.client, "SELECT count(*) FROM outbox.attempts WHERE status_code IS NULL AND error LIKE 'refused: %'").await;
     assert_eq!(logged, 2, "each refusal is an attempt row");
 }
 

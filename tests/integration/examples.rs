@@ -211,12 +211,7 @@ async fn an_order_whose_event_cannot_be_written_is_not_written_either() {
         error.code(),
         Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
     );
-    let orders: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let orders: i64 = count(&db.client, "SELECT count(*) FROM orders").await;
     assert_eq!(orders, 0, "the order was rolled back with its event");
     let placed = app::place_order(&mut db.client, "carol", 500)
         .await

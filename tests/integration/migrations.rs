@@ -31,12 +31,7 @@ async fn concurrent_migrations_apply_each_file_once() {
         applied.extend(run.await.unwrap());
     }
     assert_eq!(applied.len(), MIGRATIONS.len(), "{applied:?}");
-    let recorded: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.schema_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let recorded: i64 = count(&db.client, "SELECT count(*) FROM outbox.schema_migrations").await;
     assert_eq!(recorded as usize, MIGRATIONS.len());
 }
 

@@ -370,14 +370,7 @@ async fn operational_events_are_recorded_and_notified() {
 #[tokio::test]
 async fn retention_purges_exactly_the_old_finished_rows() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "p",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "p").await;
     // Twelve messages; states and ages set by hand, as history would.
     db.client
         .batch_execute(
@@ -442,12 +435,7 @@ async fn retention_purges_exactly_the_old_finished_rows() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, ["m5", "m6", "m7", "m8", "m10", "m11", "m12"]);
-    let attempts: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.attempts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let attempts: i64 = count(&db.client, "SELECT count(*) FROM outbox.attempts").await;
     assert_eq!(attempts, 6, "attempts of purged deliveries went with them");
     let again = maintenance::purge_once(&mut sidecar, &retention, &CancellationToken::new())
         .await
@@ -458,14 +446,7 @@ async fn retention_purges_exactly_the_old_finished_rows() {
 #[tokio::test]
 async fn deleting_deliveries_or_messages_deletes_their_attempts() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "a",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "a").await;
     db.client
         .batch_execute(
             "INSERT INTO outbox.messages (event_id, event_type, payload)
@@ -501,12 +482,7 @@ async fn deleting_deliveries_or_messages_deletes_their_attempts() {
         )
         .await
         .unwrap();
-    let left: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.attempts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left: i64 = count(&db.client, "SELECT count(*) FROM outbox.attempts").await;
     assert_eq!(left, 3, "only m4's attempts are left");
     assert_eq!(attempts_of(&["m4"]).await, 3);
 }
@@ -514,14 +490,7 @@ async fn deleting_deliveries_or_messages_deletes_their_attempts() {
 #[tokio::test]
 async fn every_select_in_docs_sql_md_runs() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "Y",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "Y").await;
     // The tables that the adoption examples name.
     db.client
         .batch_execute(
@@ -557,14 +526,7 @@ async fn every_select_in_docs_sql_md_runs() {
 #[tokio::test]
 async fn an_endpoint_with_deliveries_can_be_disabled_but_not_deleted_or_renamed() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "kept",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "kept").await;
     insert_message(&db.client, "m", "t", "{}").await;
     route(&db.client).await;
     for sql in [

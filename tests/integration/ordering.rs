@@ -265,15 +265,7 @@ async fn block_on_dead_holds_the_key_until_the_head_is_cancelled() {
         "the head died"
     );
     // Nothing behind it is due: the dispatcher has nothing to claim.
-    let due: i64 = db
-        .client
-        .query_one(
-            "SELECT count(*) FROM outbox.deliveries WHERE status = 'pending' AND next_attempt_at <> 'infinity'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let due: i64 = count(&db.client, "SELECT count(*) FROM outbox.deliveries WHERE status = 'pending' AND next_attempt_at <> 'infinity'").await;
     assert_eq!(due, 0);
     assert_eq!(receiver.count(), 3, "only the head's three attempts");
     let head: i64 = db
@@ -328,15 +320,11 @@ async fn concurrent_producers_of_one_key_are_delivered_in_id_order() {
     // The second producer waits for the first (same key) to commit.
     assert!(
         eventually(WAIT, || async {
-            let waiting: i64 = db
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let waiting: i64 = count(
+                &db.client,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'",
+            )
+            .await;
             waiting == 1
         })
         .await

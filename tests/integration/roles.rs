@@ -73,14 +73,7 @@ async fn migrating_more_databases_reuses_the_existing_roles() {
 #[tokio::test]
 async fn writer_inserts_and_reads_status_but_nothing_else() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "e").await;
     let (_, app) = login_as(&db, "outbox_writer").await;
 
     app.batch_execute(
@@ -160,15 +153,11 @@ async fn writer_inserts_and_reads_status_but_nothing_else() {
         assert_refused(&app, sql).await;
     }
     route(&db.client).await;
-    let deliveries: i64 = db
-        .client
-        .query_one(
-            "SELECT count(*) FROM outbox.deliveries WHERE status = 'pending'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let deliveries: i64 = count(
+        &db.client,
+        "SELECT count(*) FROM outbox.deliveries WHERE status = 'pending'",
+    )
+    .await;
     assert_eq!(deliveries, 2, "nothing the writer tried changed them");
 }
 
@@ -216,12 +205,7 @@ async fn sidecar_role_runs_outboxd_and_can_do_nothing_else() {
     );
     assert_eq!(ok.received()[0].verified, Some(Ok(())));
     assert_eq!(flaky.count(), 2);
-    let attempts: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.attempts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let attempts: i64 = count(&db.client, "SELECT count(*) FROM outbox.attempts").await;
     assert_eq!(attempts, 4, "ok 1, flaky 2, gone 1");
 
     for sql in [

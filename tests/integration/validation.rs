@@ -87,12 +87,7 @@ async fn malformed_secrets_are_refused_without_echoing_them() {
     }
     let good = [whsec(24), whsec(64), Secret::generate().to_whsec()];
     insert_endpoint(&db, url, &good).await.unwrap();
-    let count: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.endpoints", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = count(&db.client, "SELECT count(*) FROM outbox.endpoints").await;
     assert_eq!(count, 1, "only the valid endpoint was stored");
 }
 
@@ -146,14 +141,7 @@ async fn empty_event_types_are_refused() {
 #[tokio::test]
 async fn payloads_above_the_configured_cap_are_refused() {
     let db = fresh_db().await;
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "e").await;
     let default_cap: i32 = db
         .client
         .query_one("SELECT max_payload_bytes FROM outbox.settings", &[])
@@ -191,12 +179,7 @@ async fn payloads_above_the_configured_cap_are_refused() {
         .collect();
     assert_eq!(stored, ["fits"], "the failed statement stored nothing");
     route(&db.client).await;
-    let deliveries: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.deliveries", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let deliveries: i64 = count(&db.client, "SELECT count(*) FROM outbox.deliveries").await;
     assert_eq!(deliveries, 1);
 }
 

@@ -1,8 +1,8 @@
 //! The sidecar's statements, one named `.sql` file each in `sql/queries`,
 //! prepared once per connection, each bounded by
 //! [`STATEMENT_DEADLINE`](super::slot::STATEMENT_DEADLINE). What to claim
-//! is decided in [`claim`] (and the SQL it calls); how an outcome is
-//! written, in [`complete`].
+//! is decided in `claim.rs` (and the SQL it calls); how an outcome is
+//! written, in `complete.rs`.
 
 mod claim;
 mod complete;

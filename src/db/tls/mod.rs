@@ -19,7 +19,6 @@
 //! plain-first. Certificate files are read once, when the settings are
 //! built, so a wrong path fails at startup rather than at a reconnect.
 
-pub mod params;
 mod verifier;
 
 use std::fmt;
@@ -33,7 +32,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use params::SplitError;
+use crate::config::url_params::SplitError;
 use verifier::NameBlindVerifier;
 
 /// libpq's `sslmode`.
@@ -165,7 +164,7 @@ pub struct TlsSettings {
 }
 
 impl TlsSettings {
-    /// Reads the parameters taken out by [`params::split`]; a later one
+    /// Reads the parameters taken out by [`crate::config::url_params::split`]; a later one
     /// overrides an earlier one with the same key.
     pub fn from_params(params: &[(&'static str, String)]) -> Result<Self, TlsError> {
         let last = |key: &str| {

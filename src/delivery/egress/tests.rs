@@ -1,6 +1,7 @@
 //! The egress policy: every refused range, allow-lists, literals, lookups.
 
 use super::*;
+use crate::config::{EgressProxy, parse_network};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()

@@ -1,8 +1,6 @@
 //! What adopting checks: mappings at adopt time, payloads and required
 //! columns at insert time, and the rights the generated trigger runs with.
 
-use outboxd::signature::Secret;
-
 use super::*;
 
 #[tokio::test]
@@ -199,14 +197,7 @@ async fn writers_of_an_adopted_table_need_no_rights_on_the_outbox() {
         r#"{"search_path=pg_catalog, pg_temp"}"#
     );
 
-    add_endpoint(
-        &db.client,
-        "e",
-        "http://127.0.0.1:9/",
-        None,
-        &Secret::generate(),
-    )
-    .await;
+    add_unreachable_endpoint(&db.client, "e").await;
     db.client
         .batch_execute(&format!(
             "SET ROLE {writer};

@@ -207,6 +207,20 @@ pub async fn add_endpoint(
         .expect("inserting an endpoint");
 }
 
+/// A URL where nothing listens: for tests that claim and write outcomes
+/// themselves, or want every attempt to fail.
+pub const NOWHERE: &str = "http://127.0.0.1:9/";
+
+/// Registers endpoint `id` at [`NOWHERE`], with a fresh secret.
+pub async fn add_unreachable_endpoint(client: &Client, id: &str) {
+    add_endpoint(client, id, NOWHERE, None, &Secret::generate()).await;
+}
+
+/// The single number `sql` selects, e.g. a `count(*)`.
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
 /// Inserts one message (event_id, event_type, payload JSON text).
 pub async fn insert_message(client: &Client, event_id: &str, event_type: &str, payload: &str) {
     client

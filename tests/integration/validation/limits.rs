@@ -208,12 +208,7 @@ async fn endpoint_input_http_cannot_carry_is_refused() {
             .expect_err(needle);
         assert_check_violation_or_plain(&error, needle);
     }
-    let stored: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.endpoints", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = count(&db.client, "SELECT count(*) FROM outbox.endpoints").await;
     assert_eq!(stored, 0);
 }
 
@@ -269,12 +264,7 @@ async fn message_input_http_cannot_carry_is_refused() {
         assert!(error.message().contains(constraint), "{}", error.message());
     }
     insert_message(&db.client, &"x".repeat(256), &"t".repeat(256), "{}").await;
-    let stored: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM outbox.messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = count(&db.client, "SELECT count(*) FROM outbox.messages").await;
     assert_eq!(stored, 1, "only the valid message was stored");
 }
 

@@ -15,8 +15,8 @@ use clap::Args;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::replay::Since;
-use crate::cli::DatabaseArgs;
+use super::database::DatabaseArgs;
+use super::since::Since;
 use crate::db::DbError;
 
 const CREATE: &str = include_str!("../../sql/queries/adoptions_create.sql");
@@ -88,7 +88,21 @@ pub struct UnadoptArgs {
 }
 
 /// Adopts the table, then backfills if asked, and says what changed.
-pub async fn adopt(client: &Client, args: &AdoptArgs) -> anyhow::Result<()> {
+/// Installs the adoption `args` describe. The table is named as the
+/// user's `search_path` resolves it; the statements only call outbox's own
+/// (pinned) functions.
+pub async fn adopt(args: AdoptArgs) -> anyhow::Result<()> {
+    let client = args.database.connect_unpinned().await?;
+    install(&client, &args).await
+}
+
+/// Removes what `outboxd adopt` installed for `args.table`.
+pub async fn unadopt(args: UnadoptArgs) -> anyhow::Result<()> {
+    let client = args.database.connect_unpinned().await?;
+    uninstall(&client, &args.table).await
+}
+
+async fn install(client: &Client, args: &AdoptArgs) -> anyhow::Result<()> {
     let mapping = mapping(args)?;
     if args.backfill_since.is_some() && mapping.get("timestamp").is_none_or(Value::is_null) {
         bail!(
@@ -117,7 +131,7 @@ pub async fn adopt(client: &Client, args: &AdoptArgs) -> anyhow::Result<()> {
 }
 
 /// Drops what `adopt` installed on the table.
-pub async fn unadopt(client: &Client, table: &str) -> anyhow::Result<()> {
+async fn uninstall(client: &Client, table: &str) -> anyhow::Result<()> {
     let row = client
         .query_one(DROP, &[&table])
         .await

@@ -3,10 +3,26 @@
 //! HTTP/1.1 on loopback, so no HTTP client (or TLS) is needed.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use clap::Args;
 
-use crate::cli::HealthcheckArgs;
+use crate::config::defaults;
+
+/// Settings of `outboxd healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The sidecar's --admin-addr; 0.0.0.0 (as in containers) is asked on 127.0.0.1.
+    #[arg(long, env = "OUTBOXD_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+    /// What to ask: /healthz (the process is alive) or /readyz (it can deliver now).
+    #[arg(long, default_value = "/healthz")]
+    pub path: String,
+    /// Report unhealthy when there is no answer within this time.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
 
 /// Asks `--admin-addr` for `--path` and fails unless it answers 2xx.
 pub async fn run(args: &HealthcheckArgs) -> anyhow::Result<()> {

@@ -1,16 +1,36 @@
 //! `outboxd status`: backlog, oldest pending, dead and health per endpoint,
 //! from the `outbox.endpoint_health` view.
 
+use clap::Args;
 use tokio_postgres::Client;
 
-use super::table;
+use super::database::DatabaseArgs;
 use crate::db::DbError;
+use crate::table;
+
+/// Settings of `outboxd status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Only this tenant's endpoints.
+    #[arg(long)]
+    tenant: Option<String>,
+}
 
 const STATUS: &str = include_str!("../../sql/queries/status_by_endpoint.sql");
 
 /// Prints the status table, or the JSON array with `json`; only `tenant`'s
 /// endpoints when given.
-pub async fn run(client: &Client, json: bool, tenant: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let client = args.database.connect().await?;
+    show(&client, args.json, args.tenant.as_deref()).await
+}
+
+async fn show(client: &Client, json: bool, tenant: Option<&str>) -> anyhow::Result<()> {
     let text: String = client
         .query_one(STATUS, &[&tenant])
         .await

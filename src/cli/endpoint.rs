@@ -3,12 +3,86 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
 use tokio_postgres::Client;
 
-use super::table;
-use crate::cli::EndpointCommand;
+use super::database::DatabaseArgs;
 use crate::db::DbError;
 use crate::signature::Secret;
+use crate::table;
+
+/// `outboxd endpoint ...`.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(subcommand)]
+    command: EndpointCommand,
+}
+
+/// The endpoint subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum EndpointCommand {
+    /// Register an endpoint; prints a generated signing secret once.
+    Add {
+        /// A short name, e.g. billing.
+        id: String,
+        /// Where to POST, http:// or https://.
+        url: String,
+        /// Subscribe to this event type (repeatable); none means every type.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Use this whsec_ secret instead of generating one.
+        #[arg(long, env = "OUTBOXD_ENDPOINT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Request timeout for this endpoint (default: the sidecar's).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// The customer (tenant) it belongs to: it receives only that
+        /// tenant's messages (none: messages without a tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List endpoints (secrets are never shown; URL credentials and query
+    /// strings are masked).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable an endpoint: its pending deliveries resume.
+    Enable {
+        /// The endpoint.
+        id: String,
+    },
+    /// Disable an endpoint: its deliveries stay pending until enabled.
+    Disable {
+        /// The endpoint.
+        id: String,
+        /// Why (stored in disabled_reason).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Start signing with a new secret (kept beside the old ones until --drop-old).
+    RotateSecret {
+        /// The endpoint.
+        id: String,
+        /// Use this whsec_ secret instead of generating one.
+        #[arg(long, env = "OUTBOXD_ENDPOINT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Keep only the newest secret (alone: end a rotation).
+        #[arg(long)]
+        drop_old: bool,
+    },
+    /// Send a signed test event through the running sidecar and show the answer.
+    Test {
+        /// The endpoint.
+        id: String,
+        /// How long to wait for the attempt.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+}
 
 const ADD: &str = include_str!("../../sql/queries/endpoints_add.sql");
 const LIST: &str = include_str!("../../sql/queries/endpoints_list.sql");
@@ -20,7 +94,12 @@ const TEST_SEND: &str = include_str!("../../sql/queries/endpoint_test_send.sql")
 const TEST_RESULT: &str = include_str!("../../sql/queries/endpoint_test_result.sql");
 
 /// Runs one `outboxd endpoint` subcommand.
-pub async fn execute(client: &Client, command: EndpointCommand) -> anyhow::Result<()> {
+pub async fn run(args: EndpointArgs) -> anyhow::Result<()> {
+    let client = args.database.connect().await?;
+    execute(&client, args.command).await
+}
+
+async fn execute(client: &Client, command: EndpointCommand) -> anyhow::Result<()> {
     match command {
         EndpointCommand::Add {
             id,

@@ -3,11 +3,42 @@
 //! not.
 
 use std::io::Read as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use clap::Args;
 
-use crate::cli::VerifyArgs;
 use crate::signature::{Verifier, VerifyingKey};
+
+/// Settings of `outboxd verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Endpoint secret (whsec_...) or ed25519 public key (whpk_...); repeat during a rotation.
+    #[arg(
+        long = "secret",
+        env = "OUTBOXD_VERIFY_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        required = true
+    )]
+    pub secrets: Vec<String>,
+    /// The webhook-id header.
+    #[arg(long)]
+    pub id: String,
+    /// The webhook-timestamp header.
+    #[arg(long)]
+    pub timestamp: String,
+    /// The webhook-signature header.
+    #[arg(long)]
+    pub signature: String,
+    /// File holding the exact request body; `-` reads standard input.
+    #[arg(long, default_value = "-")]
+    pub body: PathBuf,
+    /// How far the timestamp may be from this machine's clock.
+    #[arg(long, env = "OUTBOXD_VERIFY_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub tolerance: Duration,
+}
 
 /// Prints `valid`, or fails with the reason.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {

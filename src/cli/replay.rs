@@ -1,12 +1,34 @@
 //! `outboxd replay`: send dead deliveries again, one by id or an
 //! endpoint's since a time, through `outbox.replay` / `outbox.replay_dead`.
 
-use std::time::{Duration, SystemTime};
-
 use anyhow::bail;
+use clap::Args;
 use tokio_postgres::Client;
 
+use super::database::DatabaseArgs;
+use super::since::Since;
 use crate::db::DbError;
+
+/// Settings of `outboxd replay`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["delivery", "endpoint"])))]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Replay this dead delivery (outbox.deliveries.id).
+    #[arg(long)]
+    delivery: Option<i64>,
+    /// Replay this endpoint's dead deliveries...
+    #[arg(long, requires = "since")]
+    endpoint: Option<String>,
+    /// ...that died since this time (2026-11-28T12:00:00Z) or this long ago (2h).
+    #[arg(long)]
+    since: Option<Since>,
+    /// Refuse unless the delivery or endpoint belongs to this tenant
+    /// (support staff replaying for one customer).
+    #[arg(long)]
+    tenant: Option<String>,
+}
 
 const REPLAY: &str = include_str!("../../sql/queries/deliveries_replay.sql");
 const REPLAY_DEAD: &str = include_str!("../../sql/queries/endpoints_replay_dead.sql");
@@ -15,7 +37,7 @@ const ENDPOINT_TENANT: &str = include_str!("../../sql/queries/endpoints_tenant.s
 
 /// What to replay.
 #[derive(Debug, Clone)]
-pub enum Target {
+enum Target {
     /// One delivery.
     Delivery(i64),
     /// An endpoint's dead deliveries that died since a time.
@@ -27,36 +49,19 @@ pub enum Target {
     },
 }
 
-/// A point in time given on the command line.
-#[derive(Debug, Clone, Copy)]
-pub enum Since {
-    /// An absolute time.
-    At(SystemTime),
-    /// This long before now (database clock).
-    Ago(Duration),
-}
-
-impl std::str::FromStr for Since {
-    type Err = String;
-
-    /// `2026-11-28T12:00:00Z` (RFC 3339) or a duration such as `2h`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        if let Ok(ago) = humantime::parse_duration(text) {
-            return Ok(Self::Ago(ago));
-        }
-        humantime::parse_rfc3339_weak(text)
-            .map(Self::At)
-            .map_err(|_| {
-                format!(
-                    "{text:?} is neither a time like 2026-11-28T12:00:00Z nor a duration like 2h"
-                )
-            })
-    }
-}
-
 /// Replays and says how many deliveries are pending again. With `tenant`,
 /// refuses a delivery or endpoint of another tenant (or of none).
-pub async fn run(client: &Client, target: &Target, tenant: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let client = args.database.connect().await?;
+    let target = match (args.delivery, args.endpoint, args.since) {
+        (Some(id), _, _) => Target::Delivery(id),
+        (None, Some(id), Some(since)) => Target::Endpoint { id, since },
+        _ => bail!("give --delivery ID, or --endpoint ID with --since"),
+    };
+    replay(&client, &target, args.tenant.as_deref()).await
+}
+
+async fn replay(client: &Client, target: &Target, tenant: Option<&str>) -> anyhow::Result<()> {
     if let Some(tenant) = tenant {
         check_tenant(client, target, tenant).await?;
     }
@@ -109,22 +114,5 @@ async fn check_tenant(client: &Client, target: &Target, tenant: &str) -> anyhow:
         Some(owner) if owner == tenant => Ok(()),
         Some(owner) => bail!("{what} belongs to tenant {owner}, not {tenant}; nothing replayed"),
         None => bail!("{what} belongs to no tenant, not {tenant}; nothing replayed"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_reads_durations_and_timestamps() {
-        assert!(
-            matches!("2h".parse::<Since>(), Ok(Since::Ago(d)) if d == Duration::from_secs(7200))
-        );
-        assert!(matches!(
-            "2026-11-28T12:00:00Z".parse::<Since>(),
-            Ok(Since::At(_))
-        ));
-        assert!("noon".parse::<Since>().unwrap_err().contains("neither"));
     }
 }

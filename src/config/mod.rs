@@ -1,16 +1,21 @@
 //! The sidecar's validated settings. Raw flags and environment variables
-//! (see [`crate::cli`]) become a [`Config`] here, in one place, so every
+//! (the command line, or an embedding program) become a [`Config`] here, in one place, so every
 //! cross-setting rule (the lease must outlast the request timeout, ...) is
 //! checked once, before anything connects.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::admin;
-use crate::delivery::egress::EgressProxy;
+mod admin_limits;
+mod database_url;
+mod egress_proxy;
+pub mod url_params;
+
+pub use self::admin_limits::AdminLimits;
+pub use self::database_url::DatabaseUrl;
+pub use self::egress_proxy::{EgressProxy, parse_network};
 use crate::retry::{self, RetryPolicy, ScheduleError};
 
 /// Defaults, shared by the CLI's `--help` and [`Config::new`].
@@ -52,7 +57,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// How the sidecar learns that new rows exist (the state poll runs in every
 /// mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Wakeup {
     /// `LISTEN` on the channel that the insert trigger notifies.
     Notify,
@@ -60,57 +66,6 @@ pub enum Wakeup {
     Logical,
     /// The state poll alone.
     Poll,
-}
-
-/// A database connection string whose `Debug` hides the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// Wraps a libpq-style URL or key=value string.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The full string, for connecting. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match redacted(&self.0) {
-            Some(described) => write!(f, "{described}"),
-            None => f.write_str("<unparsable database url>"),
-        }
-    }
-}
-
-/// Parses a connection string and describes it without its password; the
-/// TLS parameters (a mode and file paths) are kept.
-fn redacted(url: &str) -> Option<String> {
-    let split = crate::db::tls::params::split(url).ok()?;
-    let config: tokio_postgres::Config = split.driver.parse().ok()?;
-    let tls: Vec<String> = split.tls.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .collect();
-    let mut described = format!(
-        "postgres://{}@{}/{}",
-        config.get_user().unwrap_or(""),
-        hosts.join(","),
-        config.get_dbname().unwrap_or("")
-    );
-    if !tls.is_empty() {
-        described = format!("{described}?{}", tls.join("&"));
-    }
-    Some(described)
 }
 
 /// What the retention purge deletes, and how often it looks.
@@ -171,7 +126,7 @@ pub struct Config {
     pub admin_addr: Option<SocketAddr>,
     /// The admin server's timeouts and connection cap (not a flag: the
     /// defaults suit probes and scrapes; tests shorten them).
-    pub admin_limits: admin::Limits,
+    pub admin_limits: AdminLimits,
     /// The retention purge; `None`: keep everything.
     pub retention: Option<Retention>,
     /// Non-public address ranges that endpoints may reach anyway (the SSRF
@@ -236,7 +191,7 @@ impl Config {
             worker_id: default_worker_id(),
             disable_after: parse(defaults::DISABLE_AFTER),
             admin_addr: None,
-            admin_limits: admin::Limits::default(),
+            admin_limits: AdminLimits::default(),
             retention: Some(Retention::default()),
             allow_networks: Vec::new(),
             egress_proxy: None,

@@ -2,8 +2,17 @@
 //! (`whsk_` for `outbox.endpoints.secrets`, `whpk_` for the receiver) or,
 //! with `--hmac`, a shared `whsec_` secret.
 
-use crate::cli::KeygenArgs;
+use clap::Args;
+
 use crate::signature::{Secret, ed25519};
+
+/// Settings of `outboxd keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Print a symmetric whsec_ secret (shared with the receiver) instead of a key pair.
+    #[arg(long)]
+    pub hmac: bool,
+}
 
 /// Prints the key(s) on stdout and what to do with them on stderr.
 pub fn run(args: &KeygenArgs) -> anyhow::Result<()> {

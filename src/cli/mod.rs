@@ -1,0 +1,120 @@
+//! The command line: [`Cli`] and [`Command`] here, and one module per
+//! command that owns its options and runs it (`run` makes the validated
+//! [`Config`](crate::config::Config)). Shared pieces (`database`, `since`)
+//! import nothing from the rest of the CLI. `anyhow` is used only at this
+//! edge.
+
+mod adopt;
+mod bench;
+mod database;
+mod demo;
+mod endpoint;
+mod healthcheck;
+mod keygen;
+mod replay;
+mod run;
+mod since;
+mod status;
+mod verify;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use self::adopt::{AdoptArgs, UnadoptArgs};
+pub use self::bench::BenchArgs;
+pub use self::database::DatabaseArgs;
+pub use self::demo::DemoArgs;
+pub use self::endpoint::{EndpointArgs, EndpointCommand};
+pub use self::healthcheck::HealthcheckArgs;
+pub use self::keygen::KeygenArgs;
+pub use self::replay::ReplayArgs;
+use self::run::RUN_EXAMPLES;
+pub use self::run::RunArgs;
+pub use self::status::StatusArgs;
+pub use self::verify::VerifyArgs;
+
+/// Transactional-outbox webhook sidecar for PostgreSQL.
+///
+/// Applications INSERT into outbox.messages in their own transaction;
+/// outboxd delivers each row as a signed Standard Webhook, retries, and
+/// writes every outcome back for SQL queries.
+#[derive(Debug, Parser)]
+#[command(name = "outboxd", version, propagate_version = true, after_help = GETTING_STARTED)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr (filter with RUST_LOG, e.g. `info,outboxd=debug`).
+    #[arg(long, env = "OUTBOXD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+const GETTING_STARTED: &str = "\
+Getting started:
+  outboxd demo                   see it work: a throwaway PostgreSQL and receiver, no setup
+  outboxd migrate                create schema \"outbox\" in $DATABASE_URL
+  outboxd endpoint add ID URL    register a receiver; prints its signing secret
+  outboxd run                    deliver; /metrics, /healthz and /readyz on 127.0.0.1:9090
+
+Every option also reads the environment variable that `outboxd COMMAND --help` shows.";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: claim due deliveries, sign and POST them, record outcomes.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Ask a running sidecar's admin server whether it is healthy; exit 0 if so, 1 if not.
+    ///
+    /// For container health checks where there is no shell or curl (the
+    /// distroless image): `HEALTHCHECK CMD ["outboxd", "healthcheck"]`.
+    #[command(display_order = 100)]
+    Healthcheck(HealthcheckArgs),
+    /// Create or upgrade the outbox schema (safe to repeat, safe to run concurrently).
+    Migrate(DatabaseArgs),
+    /// Backlog, oldest pending, dead and health per endpoint.
+    Status(StatusArgs),
+    /// Add, list, enable, disable, rotate the secret of, or test an endpoint.
+    Endpoint(EndpointArgs),
+    /// Send dead deliveries again: one by id, or an endpoint's since a time.
+    Replay(ReplayArgs),
+    /// Start a throwaway Postgres and receiver, send a few events, show their status.
+    Demo(DemoArgs),
+    /// Check a received webhook's signature (for receivers and debugging).
+    Verify(VerifyArgs),
+    /// Feed outbox.messages from an existing outbox table (Debezium's columns by default).
+    Adopt(AdoptArgs),
+    /// Stop feeding outbox.messages from an adopted table (drops only what adopt installed).
+    Unadopt(UnadoptArgs),
+    /// Generate an endpoint key: an ed25519 pair (whsk_ secret key, whpk_ public key) or,
+    /// with --hmac, a whsec_ secret.
+    Keygen(KeygenArgs),
+    /// Measure throughput, latency, producer cost and claim cost beside the machine's ceilings.
+    Bench(BenchArgs),
+}
+
+/// Runs a parsed command to completion.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Healthcheck(args) => healthcheck::run(&args).await,
+        Command::Migrate(args) => run::migrate(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Endpoint(args) => endpoint::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Verify(args) => verify::run(&args),
+        Command::Keygen(args) => keygen::run(&args),
+        Command::Bench(args) => bench::run(args).await,
+        Command::Adopt(args) => adopt::adopt(args).await,
+        Command::Unadopt(args) => adopt::unadopt(args).await,
+    }
+}
