@@ -75,6 +75,12 @@ pub enum Command {
     Endpoint(EndpointArgs),
     /// Send dead deliveries again: one by id, or an endpoint's since a time.
     Replay(ReplayArgs),
+    /// Send a message to one of its endpoints again, delivered ones included.
+    Resend(commands::resend::ResendArgs),
+    /// Give an endpoint the messages it missed over a time range (older than it included).
+    Recover(commands::recover::RecoverArgs),
+    /// Set an endpoint's own retry schedule (overrides the sidecar's), or --reset it.
+    RetrySchedule(commands::retry_schedule::RetryScheduleArgs),
     /// Start a throwaway Postgres and receiver, send a few events, show their status.
     Demo(DemoArgs),
     /// Check a received webhook's signature (for receivers and debugging).
@@ -482,6 +488,18 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 _ => bail!("give --delivery ID, or --endpoint ID with --since"),
             };
             commands::replay::run(&client, &target, args.tenant.as_deref()).await
+        }
+        Command::Resend(args) => {
+            let client = connect(&args.database).await?;
+            commands::resend::run(&client, &args).await
+        }
+        Command::Recover(args) => {
+            let client = connect(&args.database).await?;
+            commands::recover::run(&client, &args).await
+        }
+        Command::RetrySchedule(args) => {
+            let client = connect(&args.database).await?;
+            commands::retry_schedule::run(&client, &args).await
         }
         Command::Demo(args) => crate::demo::run(args.database_url).await,
         Command::Verify(args) => commands::verify::run(&args),

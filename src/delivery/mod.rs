@@ -66,6 +66,9 @@ pub struct Job {
     pub claimed_at: Instant,
     /// Endpoint's own TLS settings.
     pub tls: EndpointTls,
+    /// The endpoint's own retry schedule (`endpoints.retry_schedule`),
+    /// overriding the sidecar's; `None` for the sidecar's.
+    pub retry_schedule: Option<Vec<Duration>>,
 }
 
 impl fmt::Debug for Job {

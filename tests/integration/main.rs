@@ -24,6 +24,7 @@ mod logical;
 mod migrations;
 mod operations;
 mod ordering;
+mod recovery;
 mod retries;
 mod roles;
 mod shutdown;
