@@ -11,6 +11,9 @@
 //! still get in), and none lives longer than [`MAX_CONNECTION_LIFETIME`].
 //! Idle clients cannot use up the file descriptors that deliveries and
 //! database reconnects need.
+//!
+//! With `--console-token` it also hands `/console` to [`crate::console`]
+//! (404 otherwise).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -27,6 +30,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::console::{self, Console};
 use crate::db::Db;
 use crate::telemetry;
 
@@ -123,10 +127,12 @@ impl Readiness {
     }
 }
 
-/// Serves until `shutdown`, within `limits`.
+/// Serves until `shutdown`, within `limits`; `/console` too when `console`
+/// is given.
 pub async fn serve(
     listener: TcpListener,
     readiness: Arc<Readiness>,
+    console: Option<Arc<Console>>,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
@@ -144,9 +150,11 @@ pub async fn serve(
         };
         let admitted = connections.admit();
         let readiness = readiness.clone();
+        let console = console.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| route(readiness.clone(), request));
+            let service =
+                service_fn(move |request| route(readiness.clone(), console.clone(), request));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
@@ -225,8 +233,12 @@ impl Drop for Admitted {
 
 async fn route(
     readiness: Arc<Readiness>,
+    console: Option<Arc<Console>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if console::owns(request.uri().path()) {
+        return Ok(console::handle(console.as_deref(), request).await);
+    }
     if request.method() != Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into()));
     }

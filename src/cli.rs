@@ -316,6 +316,15 @@ pub struct RunArgs {
         env = "OUTBOXD_NO_ADMIN"
     )]
     no_admin: bool,
+    /// Serve the web console under /console of the admin server to whoever signs in with this
+    /// token (at least 16 characters); unset: no console.
+    #[arg(
+        long,
+        help_heading = "Shutdown and admin server",
+        env = "OUTBOXD_CONSOLE_TOKEN",
+        hide_env_values = true
+    )]
+    console_token: Option<String>,
     /// Keep delivered and cancelled deliveries (and their attempts) this long.
     #[arg(long, help_heading = "Retention", env = "OUTBOXD_RETENTION", default_value = defaults::RETENTION, value_parser = humantime::parse_duration)]
     retention: Duration,
@@ -380,6 +389,10 @@ impl RunArgs {
             egress_proxy: self.egress_proxy.clone(),
             reconnect_max: self.reconnect_max,
             async_commit: self.async_commit,
+            console_token: self
+                .console_token
+                .clone()
+                .map(crate::console::ConsoleToken::new),
         };
         config.validate()?;
         Ok(config)

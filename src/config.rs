@@ -10,6 +10,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::admin;
+use crate::console::ConsoleToken;
+use crate::console::session::MIN_TOKEN_LEN;
 use crate::delivery::egress::EgressProxy;
 use crate::retry::{self, RetryPolicy, ScheduleError};
 
@@ -187,6 +189,9 @@ pub struct Config {
     /// faster, at the price of re-sending some deliveries after a database
     /// crash.
     pub async_commit: bool,
+    /// Serve the web console under `/console` of the admin server to whoever
+    /// signs in with this token; `None`: no console (404).
+    pub console_token: Option<ConsoleToken>,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -212,6 +217,14 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
+    /// The console token is too easy to guess.
+    #[error(
+        "--console-token must be at least {MIN_TOKEN_LEN} characters (e.g. openssl rand -hex 24)"
+    )]
+    ConsoleTokenShort,
+    /// A console without an admin server to serve it.
+    #[error("--console-token needs the admin server (remove --no-admin)")]
+    ConsoleWithoutAdmin,
 }
 
 impl Config {
@@ -242,6 +255,7 @@ impl Config {
             egress_proxy: None,
             reconnect_max: parse(defaults::RECONNECT_MAX),
             async_commit: false,
+            console_token: None,
         }
     }
 
@@ -273,6 +287,14 @@ impl Config {
         }
         if self.reconnect_max.is_zero() {
             return Err(ConfigError::ZeroDuration("--reconnect-max"));
+        }
+        if let Some(token) = &self.console_token {
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(ConfigError::ConsoleTokenShort);
+            }
+            if self.admin_addr.is_none() {
+                return Err(ConfigError::ConsoleWithoutAdmin);
+            }
         }
         if self.lease < self.request_timeout + LEASE_MARGIN {
             return Err(ConfigError::LeaseTooShort {
@@ -315,6 +337,13 @@ impl Config {
             (
                 "admin_addr",
                 self.admin_addr.map_or("off".into(), |a| a.to_string()),
+            ),
+            (
+                "console",
+                match self.console_token {
+                    Some(_) => "on (/console of the admin server; token set)".into(),
+                    None => "off".into(),
+                },
             ),
         ];
         match &self.retention {

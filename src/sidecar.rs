@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, ConfigError, Wakeup};
+use crate::console::Console;
 use crate::db::migrate::{self, MIGRATIONS};
 use crate::db::{Db, DbError};
 use crate::delivery::Deliverer;
@@ -128,9 +129,14 @@ pub async fn run(
                 .map_err(|source| SidecarError::AdminBind { addr, source })?;
             tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "admin server on /metrics, /healthz, /readyz");
             telemetry::handle();
+            let console = config.console_token.as_ref().map(|token| {
+                tracing::info!("web console on /console");
+                Arc::new(Console::new(token, db.clone()))
+            });
             Some(tokio::spawn(admin::serve(
                 listener,
                 readiness.clone(),
+                console,
                 config.admin_limits,
                 stop_listening.clone(),
             )))
