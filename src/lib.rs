@@ -14,8 +14,10 @@
 //!
 //! # Layout
 //! - [`cli`]: command-line definitions and the glue to the library;
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
-//! - [`commands`]: `status`, `endpoint`, `replay`, `verify`, `adopt`;
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, and `/console` when on;
+//! - [`console`]: the web console (sign-in, CSRF, pages, recovery buttons);
+//! - [`commands`]: `status`, `endpoint`, `replay`, `resend`, `recover`,
+//!   `retry-schedule`, `verify`, `adopt`;
 //! - [`config`]: validated settings;
 //! - [`db`]: connections (TLS as the URL's `sslmode` asks, [`db::tls`]),
 //!   embedded migrations (`sql/migrations`) and the named queries
