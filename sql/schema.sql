@@ -622,6 +622,29 @@ $$;
 
 
 --
+-- Name: check_retry_schedule(); Type: FUNCTION; Schema: outbox; Owner: -
+--
+
+CREATE FUNCTION outbox.check_retry_schedule() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF NEW.retry_schedule IS NOT NULL
+       AND (cardinality(NEW.retry_schedule) NOT BETWEEN 1 AND 50
+            OR array_position(NEW.retry_schedule, NULL) IS NOT NULL
+            OR NOT (interval '0' <= ALL (NEW.retry_schedule))
+            OR NOT (interval '7 days' >= ALL (NEW.retry_schedule))) THEN
+        RAISE EXCEPTION 'outbox.endpoints: retry_schedule of endpoint "%" must list 1 to 50 delays between 0 and 7 days', NEW.id
+            USING ERRCODE = 'check_violation',
+                  HINT = 'e.g. ARRAY[''0s'', ''10s'', ''5m'', ''1h'']::interval[]; NULL uses the sidecar''s --retry-schedule.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+
+--
 -- Name: claim(text, bigint, double precision, text); Type: FUNCTION; Schema: outbox; Owner: -
 --
 
@@ -1125,6 +1148,93 @@ $$;
 
 
 --
+-- Name: recover(text, timestamp with time zone, timestamp with time zone, text[], text); Type: FUNCTION; Schema: outbox; Owner: -
+--
+
+CREATE FUNCTION outbox.recover(endpoint_id text, since timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, event_types text[] DEFAULT NULL::text[], triggered_by text DEFAULT NULL::text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    target record;
+    types text[];
+    picked bigint[];
+    made integer;
+BEGIN
+    SELECT e.id, e.tenant_id, e.event_types, e.block_on_dead INTO target
+    FROM outbox.endpoints e WHERE e.id = recover.endpoint_id
+    FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'outbox.recover: unknown endpoint "%"', outbox.shown(endpoint_id)
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'outbox.recover: since is required'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    types := coalesce(recover.event_types, target.event_types);
+
+    WITH missed AS (
+        SELECT m.id
+        FROM outbox.messages m
+        WHERE m.created_at >= since
+          AND (until IS NULL OR m.created_at < until)
+          AND m.routed
+          AND m.tenant_id IS NOT DISTINCT FROM target.tenant_id
+          AND (m.endpoint_id IS NULL OR m.endpoint_id = target.id)
+          AND (types IS NULL OR m.event_type = ANY (types))
+          AND NOT EXISTS (SELECT 1 FROM outbox.deliveries d
+                          WHERE d.message_id = m.id AND d.endpoint_id = target.id)
+        FOR KEY SHARE OF m
+    )
+    SELECT array_agg(missed.id ORDER BY missed.id) INTO picked FROM missed;
+
+    PERFORM outbox.lock_ordering_key(target.id, k.ordering_key)
+    FROM (SELECT DISTINCT m.ordering_key, outbox.ordering_lock_key(target.id, m.ordering_key) AS lock_key
+          FROM outbox.messages m
+          WHERE m.id = ANY (picked) AND m.ordering_key IS NOT NULL
+          ORDER BY 2, 1) k;
+
+    INSERT INTO outbox.deliveries
+        (message_id, endpoint_id, tenant_id, ordering_key, status, next_attempt_at)
+    SELECT m.id, target.id, m.tenant_id, m.ordering_key, 'pending',
+           CASE WHEN m.ordering_key IS NULL THEN now()
+                WHEN row_number() OVER (PARTITION BY m.ordering_key ORDER BY m.id) = 1
+                     AND NOT EXISTS (
+                         SELECT 1 FROM outbox.deliveries p
+                         WHERE p.endpoint_id = target.id
+                           AND p.ordering_key = m.ordering_key
+                           AND p.message_id < m.id
+                           AND p.status IN ('pending', 'in_flight', 'dead')
+                           AND (p.status <> 'dead' OR target.block_on_dead))
+                THEN now()
+                ELSE 'infinity'
+           END
+    FROM outbox.messages m
+    WHERE m.id = ANY (picked)
+    ORDER BY m.id
+    ON CONFLICT ON CONSTRAINT delivery_once_per_endpoint DO NOTHING;
+    GET DIAGNOSTICS made = ROW_COUNT;
+
+    PERFORM outbox.record_event('endpoint.recovered', target.id, NULL,
+        jsonb_build_object('since', since, 'until', until, 'event_types', types, 'deliveries', made)
+        || outbox.triggered(triggered_by));
+    IF made > 0 THEN
+        PERFORM pg_notify('outboxd_wakeup', '');
+    END IF;
+    RETURN made;
+END
+$$;
+
+
+--
+-- Name: FUNCTION recover(endpoint_id text, since timestamp with time zone, until timestamp with time zone, event_types text[], triggered_by text); Type: COMMENT; Schema: outbox; Owner: -
+--
+
+COMMENT ON FUNCTION outbox.recover(endpoint_id text, since timestamp with time zone, until timestamp with time zone, event_types text[], triggered_by text) IS 'Gives an endpoint the messages of its tenant and event types it has no delivery for, created in a time range (older than the endpoint included); returns how many. Recorded in outbox.events.';
+
+
+--
 -- Name: replay(bigint); Type: FUNCTION; Schema: outbox; Owner: -
 --
 
@@ -1150,7 +1260,43 @@ $$;
 -- Name: FUNCTION replay(delivery_id bigint); Type: COMMENT; Schema: outbox; Owner: -
 --
 
-COMMENT ON FUNCTION outbox.replay(delivery_id bigint) IS 'Makes one dead delivery pending again with a fresh retry schedule; returns whether it was dead. Recorded in outbox.events.';
+COMMENT ON FUNCTION outbox.replay(delivery_id bigint) IS 'Makes one dead delivery pending again with a fresh retry schedule; returns whether it was dead. Recorded in outbox.events, with who asked when given.';
+
+
+--
+-- Name: replay(bigint, text); Type: FUNCTION; Schema: outbox; Owner: -
+--
+
+CREATE FUNCTION outbox.replay(delivery_id bigint, triggered_by text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    endpoint text;
+BEGIN
+    UPDATE outbox.deliveries d
+    SET status = 'pending',
+        next_attempt_at = now(),
+        replay_base = d.attempts,
+        replayed_at = now(),
+        updated_at = now()
+    WHERE d.id = replay.delivery_id AND d.status = 'dead'
+    RETURNING d.endpoint_id INTO endpoint;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM outbox.record_event('delivery.replayed', endpoint, delivery_id, outbox.triggered(triggered_by));
+    PERFORM pg_notify('outboxd_wakeup', '');
+    RETURN true;
+END
+$$;
+
+
+--
+-- Name: FUNCTION replay(delivery_id bigint, triggered_by text); Type: COMMENT; Schema: outbox; Owner: -
+--
+
+COMMENT ON FUNCTION outbox.replay(delivery_id bigint, triggered_by text) IS 'Makes one dead delivery pending again with a fresh retry schedule; returns whether it was dead. Recorded in outbox.events, with who asked when given.';
 
 
 --
@@ -1182,6 +1328,91 @@ $$;
 --
 
 COMMENT ON FUNCTION outbox.replay_dead(endpoint_id text, since timestamp with time zone) IS 'Makes every dead delivery of an endpoint that died since a time pending again; returns how many. Recorded in outbox.events.';
+
+
+--
+-- Name: replay_dead(text, timestamp with time zone, text); Type: FUNCTION; Schema: outbox; Owner: -
+--
+
+CREATE FUNCTION outbox.replay_dead(endpoint_id text, since timestamp with time zone, triggered_by text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    replayed integer;
+BEGIN
+    WITH done AS (
+        UPDATE outbox.deliveries d
+        SET status = 'pending',
+            next_attempt_at = now(),
+            replay_base = d.attempts,
+            replayed_at = now(),
+            updated_at = now()
+        WHERE d.endpoint_id = replay_dead.endpoint_id
+          AND d.status = 'dead'
+          AND d.updated_at >= replay_dead.since
+        RETURNING 1
+    )
+    SELECT count(*)::integer INTO replayed FROM done;
+    IF replayed > 0 THEN
+        PERFORM outbox.record_event('endpoint.dead_replayed', endpoint_id, NULL,
+            jsonb_build_object('since', since, 'deliveries', replayed) || outbox.triggered(triggered_by));
+        PERFORM pg_notify('outboxd_wakeup', '');
+    END IF;
+    RETURN replayed;
+END
+$$;
+
+
+--
+-- Name: FUNCTION replay_dead(endpoint_id text, since timestamp with time zone, triggered_by text); Type: COMMENT; Schema: outbox; Owner: -
+--
+
+COMMENT ON FUNCTION outbox.replay_dead(endpoint_id text, since timestamp with time zone, triggered_by text) IS 'Makes every dead delivery of an endpoint that died since a time pending again; returns how many. Recorded in outbox.events.';
+
+
+--
+-- Name: resend(bigint, text); Type: FUNCTION; Schema: outbox; Owner: -
+--
+
+CREATE FUNCTION outbox.resend(delivery_id bigint, triggered_by text DEFAULT NULL::text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    target record;
+BEGIN
+    SELECT d.endpoint_id, d.ordering_key, d.status INTO target
+    FROM outbox.deliveries d WHERE d.id = resend.delivery_id;
+    IF NOT FOUND OR target.status NOT IN ('delivered', 'dead', 'cancelled') THEN
+        RETURN false;
+    END IF;
+    IF target.ordering_key IS NOT NULL THEN
+        PERFORM outbox.lock_ordering_key(target.endpoint_id, target.ordering_key);
+    END IF;
+    UPDATE outbox.deliveries d
+    SET status = 'pending',
+        next_attempt_at = now(),
+        replay_base = d.attempts,
+        replayed_at = now(),
+        updated_at = now()
+    WHERE d.id = resend.delivery_id AND d.status IN ('delivered', 'dead', 'cancelled');
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM outbox.record_event('delivery.resent', target.endpoint_id, delivery_id,
+        jsonb_build_object('previous_status', target.status) || outbox.triggered(triggered_by));
+    PERFORM pg_notify('outboxd_wakeup', '');
+    RETURN true;
+END
+$$;
+
+
+--
+-- Name: FUNCTION resend(delivery_id bigint, triggered_by text); Type: COMMENT; Schema: outbox; Owner: -
+--
+
+COMMENT ON FUNCTION outbox.resend(delivery_id bigint, triggered_by text) IS 'Sends a delivered, dead or cancelled delivery again (same webhook-id, attempts continue); returns whether it did. Recorded in outbox.events with who asked.';
 
 
 --
@@ -1402,6 +1633,41 @@ $$;
 
 
 --
+-- Name: set_retry_schedule(text, interval[], text); Type: FUNCTION; Schema: outbox; Owner: -
+--
+
+CREATE FUNCTION outbox.set_retry_schedule(endpoint_id text, schedule interval[], triggered_by text DEFAULT NULL::text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    previous interval[];
+BEGIN
+    SELECT e.retry_schedule INTO previous
+    FROM outbox.endpoints e WHERE e.id = set_retry_schedule.endpoint_id
+    FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'outbox.set_retry_schedule: unknown endpoint "%"', outbox.shown(endpoint_id)
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    UPDATE outbox.endpoints e
+    SET retry_schedule = schedule, updated_at = now()
+    WHERE e.id = set_retry_schedule.endpoint_id;
+    PERFORM outbox.record_event('endpoint.retry_schedule_set', endpoint_id, NULL,
+        jsonb_build_object('schedule', schedule::text[], 'previous', previous::text[])
+        || outbox.triggered(triggered_by));
+END
+$$;
+
+
+--
+-- Name: FUNCTION set_retry_schedule(endpoint_id text, schedule interval[], triggered_by text); Type: COMMENT; Schema: outbox; Owner: -
+--
+
+COMMENT ON FUNCTION outbox.set_retry_schedule(endpoint_id text, schedule interval[], triggered_by text) IS 'Sets (or, with NULL, removes) an endpoint''s own retry schedule, used instead of the sidecar''s. Recorded in outbox.events.';
+
+
+--
 -- Name: shown(text); Type: FUNCTION; Schema: outbox; Owner: -
 --
 
@@ -1466,6 +1732,19 @@ $$;
 --
 
 COMMENT ON FUNCTION outbox.tenant_scope() IS 'The tenant an outbox_tenant_reader session may read (the outbox.tenant_id setting); a value matching no tenant when unset, so it reads nothing.';
+
+
+--
+-- Name: triggered(text); Type: FUNCTION; Schema: outbox; Owner: -
+--
+
+CREATE FUNCTION outbox.triggered(triggered_by text) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT jsonb_build_object('triggered_by', coalesce(outbox.shown(triggered_by), 'sql'),
+                              'role', session_user::text)
+$$;
 
 
 --
@@ -1642,6 +1921,7 @@ CREATE TABLE outbox.endpoints (
     rate_updated_at timestamp with time zone,
     tenant_id text,
     disabled_at timestamp with time zone,
+    retry_schedule interval[],
     CONSTRAINT endpoint_client_identity_pair CHECK (((client_cert_pem IS NULL) = (client_key_pem IS NULL))),
     CONSTRAINT endpoint_has_secret CHECK ((cardinality(secrets) >= 1)),
     CONSTRAINT endpoint_headers_object CHECK ((jsonb_typeof(headers) = 'object'::text)),
@@ -1704,7 +1984,7 @@ CREATE TABLE outbox.events (
     endpoint_id text,
     delivery_id bigint,
     detail jsonb DEFAULT '{}'::jsonb NOT NULL,
-    CONSTRAINT event_kind_known CHECK ((kind = ANY (ARRAY['endpoint.disabled'::text, 'endpoint.enabled'::text, 'delivery.dead'::text, 'delivery.replay_succeeded'::text])))
+    CONSTRAINT event_kind_known CHECK ((kind = ANY (ARRAY['endpoint.disabled'::text, 'endpoint.enabled'::text, 'delivery.dead'::text, 'delivery.replay_succeeded'::text, 'delivery.replayed'::text, 'delivery.resent'::text, 'endpoint.dead_replayed'::text, 'endpoint.recovered'::text, 'endpoint.retry_schedule_set'::text])))
 );
 
 
@@ -2053,6 +2333,13 @@ CREATE INDEX events_occurred_at ON outbox.events USING btree (occurred_at);
 
 
 --
+-- Name: messages_created_at_brin; Type: INDEX; Schema: outbox; Owner: -
+--
+
+CREATE INDEX messages_created_at_brin ON outbox.messages USING brin (created_at);
+
+
+--
 -- Name: messages_scheduled; Type: INDEX; Schema: outbox; Owner: -
 --
 
@@ -2106,6 +2393,13 @@ CREATE TRIGGER deliveries_promote_next_in_key AFTER UPDATE OF status ON outbox.d
 --
 
 CREATE TRIGGER endpoints_check BEFORE INSERT OR UPDATE OF id, url, secrets, event_types, timeout_ms, max_in_flight, rate_limit, headers, ca_pem, client_cert_pem, client_key_pem ON outbox.endpoints FOR EACH ROW EXECUTE FUNCTION outbox.check_endpoint();
+
+
+--
+-- Name: endpoints endpoints_check_retry_schedule; Type: TRIGGER; Schema: outbox; Owner: -
+--
+
+CREATE TRIGGER endpoints_check_retry_schedule BEFORE INSERT OR UPDATE OF retry_schedule ON outbox.endpoints FOR EACH ROW EXECUTE FUNCTION outbox.check_retry_schedule();
 
 
 --
@@ -2251,6 +2545,13 @@ REVOKE ALL ON FUNCTION outbox.check_endpoint_tenant() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION check_retry_schedule(); Type: ACL; Schema: outbox; Owner: -
+--
+
+REVOKE ALL ON FUNCTION outbox.check_retry_schedule() FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION delete_deliveries(); Type: ACL; Schema: outbox; Owner: -
 --
 
@@ -2273,6 +2574,46 @@ GRANT ALL ON FUNCTION outbox.purge_messages(after_id bigint, older_than_secs dou
 
 
 --
+-- Name: FUNCTION recover(endpoint_id text, since timestamp with time zone, until timestamp with time zone, event_types text[], triggered_by text); Type: ACL; Schema: outbox; Owner: -
+--
+
+REVOKE ALL ON FUNCTION outbox.recover(endpoint_id text, since timestamp with time zone, until timestamp with time zone, event_types text[], triggered_by text) FROM PUBLIC;
+GRANT ALL ON FUNCTION outbox.recover(endpoint_id text, since timestamp with time zone, until timestamp with time zone, event_types text[], triggered_by text) TO outbox_sidecar;
+
+
+--
+-- Name: FUNCTION replay(delivery_id bigint, triggered_by text); Type: ACL; Schema: outbox; Owner: -
+--
+
+REVOKE ALL ON FUNCTION outbox.replay(delivery_id bigint, triggered_by text) FROM PUBLIC;
+GRANT ALL ON FUNCTION outbox.replay(delivery_id bigint, triggered_by text) TO outbox_sidecar;
+
+
+--
+-- Name: FUNCTION replay_dead(endpoint_id text, since timestamp with time zone, triggered_by text); Type: ACL; Schema: outbox; Owner: -
+--
+
+REVOKE ALL ON FUNCTION outbox.replay_dead(endpoint_id text, since timestamp with time zone, triggered_by text) FROM PUBLIC;
+GRANT ALL ON FUNCTION outbox.replay_dead(endpoint_id text, since timestamp with time zone, triggered_by text) TO outbox_sidecar;
+
+
+--
+-- Name: FUNCTION resend(delivery_id bigint, triggered_by text); Type: ACL; Schema: outbox; Owner: -
+--
+
+REVOKE ALL ON FUNCTION outbox.resend(delivery_id bigint, triggered_by text) FROM PUBLIC;
+GRANT ALL ON FUNCTION outbox.resend(delivery_id bigint, triggered_by text) TO outbox_sidecar;
+
+
+--
+-- Name: FUNCTION set_retry_schedule(endpoint_id text, schedule interval[], triggered_by text); Type: ACL; Schema: outbox; Owner: -
+--
+
+REVOKE ALL ON FUNCTION outbox.set_retry_schedule(endpoint_id text, schedule interval[], triggered_by text) FROM PUBLIC;
+GRANT ALL ON FUNCTION outbox.set_retry_schedule(endpoint_id text, schedule interval[], triggered_by text) TO outbox_sidecar;
+
+
+--
 -- Name: FUNCTION sync_subscriptions(); Type: ACL; Schema: outbox; Owner: -
 --
 
@@ -2280,10 +2621,17 @@ REVOKE ALL ON FUNCTION outbox.sync_subscriptions() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION triggered(triggered_by text); Type: ACL; Schema: outbox; Owner: -
+--
+
+REVOKE ALL ON FUNCTION outbox.triggered(triggered_by text) FROM PUBLIC;
+
+
+--
 -- Name: TABLE attempts; Type: ACL; Schema: outbox; Owner: -
 --
 
-GRANT INSERT ON TABLE outbox.attempts TO outbox_sidecar;
+GRANT SELECT,INSERT ON TABLE outbox.attempts TO outbox_sidecar;
 GRANT SELECT ON TABLE outbox.attempts TO outbox_tenant_reader;
 
 

@@ -11,6 +11,9 @@
 //! longer than a minute.
 //! Idle clients cannot use up the file descriptors that deliveries and
 //! database reconnects need.
+//!
+//! With `--console-token` it also hands `/console` to [`crate::console`]
+//! (404 otherwise).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminLimits;
+use crate::console::{self, Console};
 use crate::db::slot::Slot;
 use crate::db::{Db, DbError};
 use crate::telemetry;
@@ -95,10 +99,12 @@ impl Readiness {
     }
 }
 
-/// Serves until `shutdown`, within `limits`.
+/// Serves until `shutdown`, within `limits`; `/console` too when `console`
+/// is given.
 pub async fn serve(
     listener: TcpListener,
     readiness: Arc<Readiness>,
+    console: Option<Arc<Console>>,
     limits: AdminLimits,
     shutdown: CancellationToken,
 ) {
@@ -116,9 +122,11 @@ pub async fn serve(
         };
         let admitted = connections.admit();
         let readiness = readiness.clone();
+        let console = console.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| route(readiness.clone(), request));
+            let service =
+                service_fn(move |request| route(readiness.clone(), console.clone(), request));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
@@ -197,8 +205,12 @@ impl Drop for Admitted {
 
 async fn route(
     readiness: Arc<Readiness>,
+    console: Option<Arc<Console>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if console::owns(request.uri().path()) {
+        return Ok(console::handle(console.as_deref(), request).await);
+    }
     if request.method() != Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into()));
     }

@@ -33,7 +33,9 @@
 //! - [`router`]: routes a backlog of committed messages in the background;
 //! - [`writer`]: fenced, batched outcome write-back;
 //! - [`maintenance`]: backlog gauges and the retention purge;
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`console`]: the web console for operators (sign-in, CSRF, pages,
+//!   recovery buttons), served by the admin server when configured;
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, and `/console` when on;
 //! - [`sidecar`]: wiring, start-up checks and the shutdown sequence of
 //!   `outboxd run`.
 //!
@@ -60,6 +62,8 @@ pub mod signature;
 
 #[doc(hidden)]
 pub mod admin;
+#[doc(hidden)]
+pub mod console;
 #[doc(hidden)]
 pub mod db;
 #[doc(hidden)]

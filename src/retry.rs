@@ -81,6 +81,24 @@ impl RetryPolicy {
         )
     }
 
+    /// This policy with an endpoint's own schedule (`endpoints.retry_schedule`)
+    /// instead of the sidecar's; the `Retry-After` cap stays. An empty
+    /// schedule (the database refuses one) keeps the sidecar's.
+    pub fn for_endpoint(&self, schedule: &[Duration]) -> Self {
+        if schedule.is_empty() {
+            return self.clone();
+        }
+        Self {
+            schedule: schedule.to_vec(),
+            max_retry_after: self.max_retry_after,
+        }
+    }
+
+    /// The delay before each attempt, in order.
+    pub fn delays(&self) -> &[Duration] {
+        &self.schedule
+    }
+
     /// The most attempts a delivery gets.
     pub fn max_attempts(&self) -> u32 {
         self.schedule.len() as u32
@@ -114,6 +132,23 @@ mod tests {
 
     fn policy(schedule: &str) -> RetryPolicy {
         RetryPolicy::parse(schedule, Duration::from_secs(60)).unwrap()
+    }
+
+    #[test]
+    fn an_endpoint_schedule_replaces_the_delays_but_keeps_the_retry_after_cap() {
+        let sidecar = policy("0s,1s,1s,1s");
+        let endpoint = sidecar.for_endpoint(&[Duration::ZERO, Duration::from_secs(600)]);
+        assert_eq!(endpoint.max_attempts(), 2);
+        assert!(endpoint.next_delay(1, None).unwrap() >= Duration::from_secs(480));
+        assert_eq!(endpoint.next_delay(2, None), None, "its length is the cap");
+        let asked = endpoint
+            .next_delay(1, Some(Duration::from_secs(7200)))
+            .unwrap();
+        assert!(
+            asked <= Duration::from_secs(720),
+            "Retry-After still capped at 60 s"
+        );
+        assert_eq!(sidecar.for_endpoint(&[]), sidecar, "empty: the sidecar's");
     }
 
     #[test]

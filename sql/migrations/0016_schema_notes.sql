@@ -19,26 +19,36 @@ COMMENT ON TABLE outbox.subscriptions IS
 COMMENT ON TABLE outbox.settings IS
 'One row of database-wide settings (max_payload_bytes, notify).';
 
-COMMENT ON FUNCTION outbox.claim IS
-'Claims up to max_rows due deliveries for owner, leased for lease_secs, and returns everything needed to send them. Walks the endpoints that have open deliveries from after after_endpoint (wrapping around), one index descent each, so its cost follows the batch, not the fleet; each endpoint is claimed under its lock (space 0x6F627803) and within max_in_flight; the batch is shared fairly by tenant, then by endpoint. Commits before any HTTP call.';
-COMMENT ON FUNCTION outbox.route IS
-'Routes up to max committed, unrouted messages into their deliveries (oldest and newest unkeyed ones, scheduled ones that are due, and keyed ones in key order under their key lock), marks them routed, and returns how many. Any number of sidecars may run it at once: rows being routed elsewhere are skipped.';
-COMMENT ON FUNCTION outbox.route_targets IS
-'For each message id, the endpoints it goes to: its endpoint_id, or every enabled endpoint of its tenant subscribed to its event type (enabled when the message was written).';
-COMMENT ON FUNCTION outbox.accept_message IS
-'Insert-time checks of a message that names an endpoint (it exists and is of the same tenant) or an ordering key (takes the key lock, space 0x6F627802, so keyed messages are routed in commit order).';
-COMMENT ON FUNCTION outbox.check_endpoint IS
-'Insert- and update-time rules for endpoints (URL, secrets, headers, limits), checked before the constraints so that no error message shows the row.';
-COMMENT ON FUNCTION outbox.replay IS
-'Makes one dead delivery pending again with a fresh retry schedule; returns whether it was dead. Recorded in outbox.events.';
-COMMENT ON FUNCTION outbox.replay_dead IS
-'Makes every dead delivery of an endpoint that died since a time pending again; returns how many. Recorded in outbox.events.';
-COMMENT ON FUNCTION outbox.purge_messages IS
-'Deletes one keyset page of routed messages older than the retention whose deliveries are all gone (SECURITY DEFINER: the sidecar role has no DELETE on messages).';
-COMMENT ON FUNCTION outbox.promote_next_in_key IS
-'When a keyed delivery finishes, makes the next delivery of its (endpoint, ordering key) due, under the key lock (space 0x6F627801).';
-COMMENT ON FUNCTION outbox.tenant_scope IS
-'The tenant an outbox_tenant_reader session may read (the outbox.tenant_id setting); a value matching no tenant when unset, so it reads nothing.';
+-- Functions by name: every overload (replay and replay_dead have a form
+-- that records who asked) gets the note.
+DO $notes$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure AS signature, n.note
+        FROM (VALUES
+        ('claim', 'Claims up to max_rows due deliveries for owner, leased for lease_secs, and returns everything needed to send them. Walks the endpoints that have open deliveries from after after_endpoint (wrapping around), one index descent each, so its cost follows the batch, not the fleet; each endpoint is claimed under its lock (space 0x6F627803) and within max_in_flight; the batch is shared fairly by tenant, then by endpoint. Commits before any HTTP call.'),
+        ('route', 'Routes up to max committed, unrouted messages into their deliveries (oldest and newest unkeyed ones, scheduled ones that are due, and keyed ones in key order under their key lock), marks them routed, and returns how many. Any number of sidecars may run it at once: rows being routed elsewhere are skipped.'),
+        ('route_targets', 'For each message id, the endpoints it goes to: its endpoint_id, or every enabled endpoint of its tenant subscribed to its event type (enabled when the message was written).'),
+        ('accept_message', 'Insert-time checks of a message that names an endpoint (it exists and is of the same tenant) or an ordering key (takes the key lock, space 0x6F627802, so keyed messages are routed in commit order).'),
+        ('check_endpoint', 'Insert- and update-time rules for endpoints (URL, secrets, headers, limits), checked before the constraints so that no error message shows the row.'),
+        ('replay', 'Makes one dead delivery pending again with a fresh retry schedule; returns whether it was dead. Recorded in outbox.events, with who asked when given.'),
+        ('replay_dead', 'Makes every dead delivery of an endpoint that died since a time pending again; returns how many. Recorded in outbox.events.'),
+        ('purge_messages', 'Deletes one keyset page of routed messages older than the retention whose deliveries are all gone (SECURITY DEFINER: the sidecar role has no DELETE on messages).'),
+        ('promote_next_in_key', 'When a keyed delivery finishes, makes the next delivery of its (endpoint, ordering key) due, under the key lock (space 0x6F627801).'),
+        ('tenant_scope', 'The tenant an outbox_tenant_reader session may read (the outbox.tenant_id setting); a value matching no tenant when unset, so it reads nothing.'),
+        ('resend', 'Sends a delivered, dead or cancelled delivery again (same webhook-id, attempts continue); returns whether it did. Recorded in outbox.events with who asked.'),
+        ('recover', 'Gives an endpoint the messages of its tenant and event types it has no delivery for, created in a time range (older than the endpoint included); returns how many. Recorded in outbox.events.'),
+        ('set_retry_schedule', 'Sets (or, with NULL, removes) an endpoint''s own retry schedule, used instead of the sidecar''s. Recorded in outbox.events.')
+        ) AS n(name, note)
+        JOIN pg_proc p ON p.proname = n.name AND p.pronamespace = 'outbox'::regnamespace
+    LOOP
+        EXECUTE format('COMMENT ON FUNCTION %s IS %L', f.signature, f.note);
+    END LOOP;
+END
+$notes$;
+
 COMMENT ON VIEW outbox.message_status IS
 'One row per message and target endpoint with the delivery state, attempts and last error: what applications query for delivery status. Unrouted messages show as pending.';
 COMMENT ON VIEW outbox.endpoint_health IS

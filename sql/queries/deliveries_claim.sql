@@ -2,5 +2,12 @@
 -- endpoints from after endpoint $4 (where this sidecar's previous claim
 -- left off; '' from the start); the statement commits before any HTTP
 -- call. How rows are chosen: outbox.claim in sql/schema.sql (its comment
--- and body).
-SELECT * FROM outbox.claim($1, $2, $3, $4)
+-- and body). retry_schedule_secs is the endpoint's own retry
+-- schedule (0015), NULL for the sidecar's: one key probe per claimed row.
+SELECT c.*,
+       (SELECT array(SELECT extract(epoch FROM s.delay)::float8
+                     FROM unnest(e.retry_schedule) WITH ORDINALITY AS s(delay, n)
+                     ORDER BY s.n)
+        FROM outbox.endpoints e
+        WHERE e.id = c.endpoint_id AND e.retry_schedule IS NOT NULL) AS retry_schedule_secs
+FROM outbox.claim($1, $2, $3, $4) c

@@ -1,3 +1,6 @@
--- Replay every dead delivery of endpoint $1 that died since $2 (a time),
--- or within the last $3 seconds when $2 is null. Returns how many.
-SELECT outbox.replay_dead($1, coalesce($2, now() - make_interval(secs => $3)))
+-- Replay endpoint $1's deliveries that died at or after $2 (or, when $2 is
+-- null, within the last $4 seconds by the database's clock), recording $3
+-- as who asked; returns how many.
+SELECT outbox.replay_dead($1::text,
+                          coalesce($2::timestamptz, now() - make_interval(secs => $4::float8)),
+                          $3::text)

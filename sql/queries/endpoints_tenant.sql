@@ -1,2 +1,2 @@
 -- The tenant of endpoint $1 (no row: no such endpoint).
-SELECT tenant_id FROM outbox.endpoints WHERE id = $1
+SELECT e.tenant_id FROM outbox.endpoints e WHERE e.id = $1

@@ -81,6 +81,7 @@ fn job(bench: &Bench, payload: &str) -> Job {
         age_at_claim: Duration::ZERO,
         claimed_at: Instant::now(),
         tls: EndpointTls::default(),
+        retry_schedule: None,
     }
 }
 

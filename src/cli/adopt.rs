@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
 use super::database::DatabaseArgs;
-use super::since::Since;
+use crate::config::Since;
 use crate::db::DbError;
 
 const CREATE: &str = include_str!("../../sql/queries/adoptions_create.sql");

@@ -11,10 +11,13 @@ mod demo;
 mod endpoint;
 mod healthcheck;
 mod keygen;
+mod recover;
 mod replay;
+mod resend;
+mod retry_schedule;
 mod run;
-mod since;
 mod status;
+mod tenant_guard;
 mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -26,7 +29,10 @@ pub use self::demo::DemoArgs;
 pub use self::endpoint::{EndpointArgs, EndpointCommand};
 pub use self::healthcheck::HealthcheckArgs;
 pub use self::keygen::KeygenArgs;
+pub use self::recover::RecoverArgs;
 pub use self::replay::ReplayArgs;
+pub use self::resend::ResendArgs;
+pub use self::retry_schedule::RetryScheduleArgs;
 use self::run::RUN_EXAMPLES;
 pub use self::run::RunArgs;
 pub use self::status::StatusArgs;
@@ -86,6 +92,12 @@ pub enum Command {
     Endpoint(EndpointArgs),
     /// Send dead deliveries again: one by id, or an endpoint's since a time.
     Replay(ReplayArgs),
+    /// Send a message to one of its endpoints again, delivered ones included.
+    Resend(ResendArgs),
+    /// Give an endpoint the messages it missed over a time range (older than it included).
+    Recover(RecoverArgs),
+    /// Set an endpoint's own retry schedule (overrides the sidecar's), or --reset it.
+    RetrySchedule(RetryScheduleArgs),
     /// Start a throwaway Postgres and receiver, send a few events, show their status.
     Demo(DemoArgs),
     /// Check a received webhook's signature (for receivers and debugging).
@@ -110,6 +122,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Endpoint(args) => endpoint::run(args).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Resend(args) => resend::run(args).await,
+        Command::Recover(args) => recover::run(args).await,
+        Command::RetrySchedule(args) => retry_schedule::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Verify(args) => verify::run(&args),
         Command::Keygen(args) => keygen::run(&args),

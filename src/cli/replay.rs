@@ -6,7 +6,8 @@ use clap::Args;
 use tokio_postgres::Client;
 
 use super::database::DatabaseArgs;
-use super::since::Since;
+use super::tenant_guard;
+use crate::config::Since;
 use crate::db::DbError;
 
 /// Settings of `outboxd replay`.
@@ -65,10 +66,11 @@ async fn replay(client: &Client, target: &Target, tenant: Option<&str>) -> anyho
     if let Some(tenant) = tenant {
         check_tenant(client, target, tenant).await?;
     }
+    let who = tenant_guard::triggered_by("replay", None);
     match target {
         Target::Delivery(id) => {
             let replayed: bool = client
-                .query_one(REPLAY, &[id])
+                .query_one(REPLAY, &[id, &who])
                 .await
                 .map_err(DbError::during("replaying"))?
                 .get(0);
@@ -85,7 +87,7 @@ async fn replay(client: &Client, target: &Target, tenant: Option<&str>) -> anyho
                 Since::Ago(ago) => (None, Some(ago.as_secs_f64())),
             };
             let count: i32 = client
-                .query_one(REPLAY_DEAD, &[id, &at, &ago])
+                .query_one(REPLAY_DEAD, &[id, &at, &who, &ago])
                 .await
                 .map_err(DbError::during("replaying"))?
                 .get(0);

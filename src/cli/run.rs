@@ -9,7 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::database::DatabaseArgs;
-use crate::config::{Config, DatabaseUrl, Retention, Wakeup, defaults};
+use crate::config::{Config, ConsoleToken, DatabaseUrl, Retention, Wakeup, defaults};
 use crate::db::{Db, migrate};
 use crate::retry::{self, RetryPolicy};
 
@@ -77,6 +77,15 @@ pub struct RunArgs {
         env = "OUTBOXD_NO_ADMIN"
     )]
     no_admin: bool,
+    /// Serve the web console under /console of the admin server to whoever signs in with this
+    /// token (at least 16 characters); unset: no console.
+    #[arg(
+        long,
+        help_heading = "Shutdown and admin server",
+        env = "OUTBOXD_CONSOLE_TOKEN",
+        hide_env_values = true
+    )]
+    console_token: Option<String>,
     /// Keep delivered and cancelled deliveries (and their attempts) this long.
     #[arg(long, help_heading = "Retention", env = "OUTBOXD_RETENTION", default_value = defaults::RETENTION, value_parser = humantime::parse_duration)]
     retention: Duration,
@@ -141,6 +150,7 @@ impl RunArgs {
             egress_proxy: self.egress_proxy.clone(),
             reconnect_max: self.reconnect_max,
             async_commit: self.async_commit,
+            console_token: self.console_token.clone().map(ConsoleToken::new),
         };
         config.validate()?;
         Ok(config)

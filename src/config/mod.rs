@@ -9,13 +9,17 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod admin_limits;
+mod console_token;
 mod database_url;
 mod egress_proxy;
+mod since;
 pub mod url_params;
 
 pub use self::admin_limits::AdminLimits;
+pub use self::console_token::{ConsoleToken, MIN_TOKEN_LEN};
 pub use self::database_url::DatabaseUrl;
 pub use self::egress_proxy::{EgressProxy, parse_network};
+pub use self::since::Since;
 use crate::retry::{self, RetryPolicy, ScheduleError};
 
 /// Defaults, shared by the CLI's `--help` and [`Config::new`].
@@ -142,6 +146,9 @@ pub struct Config {
     /// faster, at the price of re-sending some deliveries after a database
     /// crash.
     pub async_commit: bool,
+    /// Serve the web console under `/console` of the admin server to whoever
+    /// signs in with this token; `None`: no console (404).
+    pub console_token: Option<ConsoleToken>,
 }
 
 /// A setting, or a combination of settings, that cannot work.
@@ -167,6 +174,14 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
+    /// The console token is too easy to guess.
+    #[error(
+        "--console-token must be at least {MIN_TOKEN_LEN} characters (e.g. openssl rand -hex 24)"
+    )]
+    ConsoleTokenShort,
+    /// A console without an admin server to serve it.
+    #[error("--console-token needs the admin server (remove --no-admin)")]
+    ConsoleWithoutAdmin,
 }
 
 impl Config {
@@ -197,6 +212,7 @@ impl Config {
             egress_proxy: None,
             reconnect_max: parse(defaults::RECONNECT_MAX),
             async_commit: false,
+            console_token: None,
         }
     }
 
@@ -228,6 +244,14 @@ impl Config {
         }
         if self.reconnect_max.is_zero() {
             return Err(ConfigError::ZeroDuration("--reconnect-max"));
+        }
+        if let Some(token) = &self.console_token {
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(ConfigError::ConsoleTokenShort);
+            }
+            if self.admin_addr.is_none() {
+                return Err(ConfigError::ConsoleWithoutAdmin);
+            }
         }
         if self.lease < self.request_timeout + LEASE_MARGIN {
             return Err(ConfigError::LeaseTooShort {
@@ -270,6 +294,13 @@ impl Config {
             (
                 "admin_addr",
                 self.admin_addr.map_or("off".into(), |a| a.to_string()),
+            ),
+            (
+                "console",
+                match self.console_token {
+                    Some(_) => "on (/console of the admin server; token set)".into(),
+                    None => "off".into(),
+                },
             ),
         ];
         match &self.retention {

@@ -45,6 +45,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_hardening.sql"),
     migration!(13, "0013_tenants_and_routing.sql"),
     migration!(14, "0014_fleet_claims.sql"),
+    migration!(15, "0015_recovery_tools.sql"),
     migration!(16, "0016_schema_notes.sql"),
 ];
 

@@ -14,6 +14,7 @@ pub mod egress;
 pub mod outcome;
 pub mod payload;
 pub mod request;
+pub mod shown_url;
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
@@ -75,6 +76,9 @@ pub struct Job {
     pub claimed_at: Instant,
     /// Endpoint's own TLS settings.
     pub tls: EndpointTls,
+    /// The endpoint's own retry schedule (`endpoints.retry_schedule`),
+    /// overriding the sidecar's; `None` for the sidecar's.
+    pub retry_schedule: Option<Vec<Duration>>,
 }
 
 impl fmt::Debug for Job {

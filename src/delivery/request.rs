@@ -62,7 +62,13 @@ impl Deliverer {
             Ok(request) => self.send(request, timeout).await,
             Err(exchange) => (exchange, None),
         };
-        let judgement = outcome::judge(&self.retry, job.schedule_attempt.max(1) as u32, &exchange);
+        let attempt = job.schedule_attempt.max(1) as u32;
+        let judgement = match &job.retry_schedule {
+            Some(schedule) => {
+                outcome::judge(&self.retry.for_endpoint(schedule), attempt, &exchange)
+            }
+            None => outcome::judge(&self.retry, attempt, &exchange),
+        };
         let status_code = match exchange {
             Exchange::Answered { status, .. } => Some(status),
             _ => None,

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 pub use self::startup::SidecarError;
 use crate::admin::{self, Readiness};
 use crate::config::{Config, Wakeup};
+use crate::console::Console;
 use crate::db::Db;
 use crate::delivery::Deliverer;
 use crate::dispatcher::{Dispatcher, Signals};
@@ -159,7 +160,7 @@ async fn spawn_background(
         (config.wakeup != Wakeup::Poll).then_some(listening),
     ));
     if let Some(addr) = config.admin_addr {
-        tasks.push(serve_admin(addr, &readiness, config, stop).await?);
+        tasks.push(serve_admin(addr, &readiness, db, config, stop).await?);
     }
     // A route a database crash forgets is simply routed again.
     let router = Router::new(
@@ -179,6 +180,7 @@ async fn spawn_background(
 async fn serve_admin(
     addr: SocketAddr,
     readiness: &Arc<Readiness>,
+    db: &Db,
     config: &Config,
     stop: &CancellationToken,
 ) -> Result<JoinHandle<()>, SidecarError> {
@@ -187,9 +189,14 @@ async fn serve_admin(
         .map_err(|source| SidecarError::AdminBind { addr, source })?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "admin server on /metrics, /healthz, /readyz");
     telemetry::handle();
+    let console = config.console_token.as_ref().map(|token| {
+        tracing::info!("web console on /console");
+        Arc::new(Console::new(token, db.clone()))
+    });
     Ok(tokio::spawn(admin::serve(
         listener,
         readiness.clone(),
+        console,
         config.admin_limits,
         stop.clone(),
     )))

@@ -71,6 +71,13 @@ impl Queries {
                     client_cert_pem: row.get("client_cert_pem"),
                     client_key_pem: row.get("client_key_pem"),
                 },
+                retry_schedule: row
+                    .get::<_, Option<Vec<f64>>>("retry_schedule_secs")
+                    .map(|secs| {
+                        secs.into_iter()
+                            .map(|s| Duration::try_from_secs_f64(s).unwrap_or_default())
+                            .collect()
+                    }),
             })
             .collect();
         let next_endpoint = next_endpoint(&jobs, after_endpoint);

@@ -1,5 +1,5 @@
-//! `--since` values (replay, adopt's backfill): a time or a duration ago.
-//! Imports nothing from the rest of the CLI.
+//! A point in time as operators write it (`--since`, the console's
+//! forms): a time, or a duration ago.
 
 use std::time::{Duration, SystemTime};
 
