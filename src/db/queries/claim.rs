@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::Queries;
@@ -43,49 +44,51 @@ impl Queries {
         .await?;
         let more_to_route = routed.get::<_, i32>(0) >= ROUTE_BATCH;
         let claimed_at = Instant::now();
-        let jobs: Vec<Job> = rows
-            .iter()
-            .map(|row| Job {
-                claim: Claim {
-                    delivery_id: row.get("id"),
-                    attempt: row.get("attempts"),
-                    leased_until: row.get("leased_until"),
-                },
-                schedule_attempt: row.get("schedule_attempt"),
-                endpoint_id: row.get("endpoint_id"),
-                ordering_key: row.get("ordering_key"),
-                event_id: row.get("event_id"),
-                event_type: row.get("event_type"),
-                payload: row.get("payload"),
-                url: row.get("url"),
-                secrets: row.get("secrets"),
-                timeout: row
-                    .get::<_, Option<i32>>("timeout_ms")
-                    .map(|ms| Duration::from_millis(ms.max(1) as u64)),
-                headers: row.get("headers"),
-                age_at_claim: Duration::try_from_secs_f64(row.get::<_, f64>("age_secs"))
-                    .unwrap_or_default(),
-                claimed_at,
-                tls: EndpointTls {
-                    ca_pem: row.get("ca_pem"),
-                    client_cert_pem: row.get("client_cert_pem"),
-                    client_key_pem: row.get("client_key_pem"),
-                },
-                retry_schedule: row
-                    .get::<_, Option<Vec<f64>>>("retry_schedule_secs")
-                    .map(|secs| {
-                        secs.into_iter()
-                            .map(|s| Duration::try_from_secs_f64(s).unwrap_or_default())
-                            .collect()
-                    }),
-            })
-            .collect();
+        let jobs: Vec<Job> = rows.iter().map(|row| job(row, claimed_at)).collect();
         let next_endpoint = next_endpoint(&jobs, after_endpoint);
         Ok(Claimed {
             jobs,
             more_to_route,
             next_endpoint,
         })
+    }
+}
+
+/// A claimed row, read at `claimed_at`, as a job.
+fn job(row: &Row, claimed_at: Instant) -> Job {
+    Job {
+        claim: Claim {
+            delivery_id: row.get("id"),
+            attempt: row.get("attempts"),
+            leased_until: row.get("leased_until"),
+        },
+        schedule_attempt: row.get("schedule_attempt"),
+        endpoint_id: row.get("endpoint_id"),
+        ordering_key: row.get("ordering_key"),
+        event_id: row.get("event_id"),
+        event_type: row.get("event_type"),
+        payload: row.get("payload"),
+        url: row.get("url"),
+        secrets: row.get("secrets"),
+        timeout: row
+            .get::<_, Option<i32>>("timeout_ms")
+            .map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        headers: row.get("headers"),
+        age_at_claim: Duration::try_from_secs_f64(row.get::<_, f64>("age_secs"))
+            .unwrap_or_default(),
+        claimed_at,
+        tls: EndpointTls {
+            ca_pem: row.get("ca_pem"),
+            client_cert_pem: row.get("client_cert_pem"),
+            client_key_pem: row.get("client_key_pem"),
+        },
+        retry_schedule: row
+            .get::<_, Option<Vec<f64>>>("retry_schedule_secs")
+            .map(|secs| {
+                secs.into_iter()
+                    .map(|s| Duration::try_from_secs_f64(s).unwrap_or_default())
+                    .collect()
+            }),
     }
 }
 
