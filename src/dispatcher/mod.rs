@@ -42,6 +42,16 @@ pub struct Signals {
     pub route_backlog: Arc<Notify>,
 }
 
+/// Where delivery tasks run, one per claimed row, and what cancels their
+/// requests (after the shutdown grace period; their claims are released).
+#[derive(Clone, Default)]
+pub struct DeliveryTasks {
+    /// The running tasks.
+    pub tracker: TaskTracker,
+    /// Cancels in-flight requests.
+    pub cancel_requests: CancellationToken,
+}
+
 /// Claims deliveries and runs them.
 pub struct Dispatcher {
     config: Arc<Config>,
@@ -50,9 +60,7 @@ pub struct Dispatcher {
     outcomes: mpsc::Sender<Outcome>,
     signals: Signals,
     permits: Arc<Semaphore>,
-    tasks: TaskTracker,
-    /// Cancels in-flight requests (after the shutdown grace period).
-    cancel_requests: CancellationToken,
+    tasks: DeliveryTasks,
 }
 
 /// Where a dispatcher is between drains.
@@ -63,17 +71,15 @@ struct Cursor {
 }
 
 impl Dispatcher {
-    /// A dispatcher whose delivery tasks run on `tasks`, report to
-    /// `outcomes`, and are cancelled (their claims released) when
-    /// `cancel_requests` fires.
+    /// A dispatcher whose delivery tasks run on `tasks` and report to
+    /// `outcomes`.
     pub fn new(
         config: Arc<Config>,
         db: Db,
         deliverer: Deliverer,
         outcomes: mpsc::Sender<Outcome>,
         signals: Signals,
-        tasks: TaskTracker,
-        cancel_requests: CancellationToken,
+        tasks: DeliveryTasks,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.concurrency));
         Self {
@@ -90,7 +96,6 @@ impl Dispatcher {
             signals,
             permits,
             tasks,
-            cancel_requests,
         }
     }
 
@@ -233,8 +238,8 @@ impl Dispatcher {
     fn start(&self, job: Job, permit: OwnedSemaphorePermit) {
         let deliverer = self.deliverer.clone();
         let outcomes = self.outcomes.clone();
-        let cancel = self.cancel_requests.clone();
-        self.tasks.spawn(async move {
+        let cancel = self.tasks.cancel_requests.clone();
+        self.tasks.tracker.spawn(async move {
             telemetry::in_flight(1.0);
             let outcome = tokio::select! {
                 biased;

@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use self::startup::SidecarError;
 use crate::admin::{self, Readiness};
@@ -27,9 +26,9 @@ use crate::config::{Config, Wakeup};
 use crate::console::Console;
 use crate::db::Db;
 use crate::delivery::Deliverer;
-use crate::dispatcher::{Dispatcher, Signals};
+use crate::dispatcher::{DeliveryTasks, Dispatcher, Signals};
 use crate::router::Router;
-use crate::wakeup::{self, logical};
+use crate::wakeup;
 use crate::writer::Writer;
 use crate::{maintenance, telemetry};
 
@@ -63,9 +62,7 @@ struct Running {
     config: Arc<Config>,
     readiness: Arc<Readiness>,
     /// Delivery tasks, one per claimed row.
-    deliveries: TaskTracker,
-    /// Cancels in-flight requests, whose claims are then released.
-    cancel_requests: CancellationToken,
+    deliveries: DeliveryTasks,
     writer: JoinHandle<()>,
     /// Makes the writer drop what it cannot store (leases then expire).
     give_up_writing: CancellationToken,
@@ -112,8 +109,7 @@ async fn start(
     let stop_background = CancellationToken::new();
     let (background, readiness) =
         spawn_background(&db, &config, &signals, &stop_background).await?;
-    let deliveries = TaskTracker::new();
-    let cancel_requests = CancellationToken::new();
+    let deliveries = DeliveryTasks::default();
     let dispatcher = Dispatcher::new(
         config.clone(),
         db,
@@ -121,13 +117,11 @@ async fn start(
         outcomes,
         signals,
         deliveries.clone(),
-        cancel_requests.clone(),
     );
     let running = Running {
         config,
         readiness,
         deliveries,
-        cancel_requests,
         writer,
         give_up_writing,
         background,
@@ -147,10 +141,8 @@ async fn spawn_background(
     let mut tasks = Vec::new();
     let listening = Arc::new(AtomicBool::new(false));
     tasks.extend(wakeup::spawn(
-        config.wakeup,
+        config,
         db.clone(),
-        logical::slot_name(&config.worker_id),
-        config.logical_interval,
         signals.wake.clone(),
         listening.clone(),
         stop.clone(),
@@ -206,7 +198,7 @@ impl Running {
     /// The shutdown sequence, once the dispatcher has stopped claiming.
     async fn stop(self) {
         self.readiness.drain();
-        let deliveries = &self.deliveries;
+        let deliveries = &self.deliveries.tracker;
         tracing::info!(in_flight = deliveries.len(), "shutting down: no new claims");
         deliveries.close();
         let grace = self.config.shutdown_grace;
@@ -218,7 +210,7 @@ impl Running {
                 in_flight = deliveries.len(),
                 "grace period over: cancelling in-flight requests and releasing their claims"
             );
-            self.cancel_requests.cancel();
+            self.deliveries.cancel_requests.cancel();
             deliveries.wait().await;
         }
         // Every sender is gone now, so the writer ends once its queue is

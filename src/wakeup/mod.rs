@@ -10,35 +10,29 @@ pub mod notify;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Wakeup;
+use crate::config::{Config, Wakeup};
 use crate::db::Db;
 
-/// Starts the watcher for `mode`; `active` is true while it is subscribed
-/// (for readiness). `None` in poll mode.
+/// Starts the watcher `config.wakeup` names, nudging `wake`; `active` is
+/// true while it is subscribed (for readiness). `None` in poll mode.
 pub fn spawn(
-    mode: Wakeup,
+    config: &Config,
     db: Db,
-    slot_name: String,
-    logical_interval: Duration,
     wake: Arc<Notify>,
     active: Arc<AtomicBool>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    match mode {
-        Wakeup::Notify => Some(tokio::spawn(notify::run(db, wake, active, shutdown))),
+    let slot = logical::slot_name(&config.worker_id);
+    let interval = config.logical_interval;
+    match config.wakeup {
+        Wakeup::Notify => Some(tokio::spawn(notify::run(db, wake, active, stop))),
         Wakeup::Logical => Some(tokio::spawn(logical::run(
-            db,
-            slot_name,
-            logical_interval,
-            wake,
-            active,
-            shutdown,
+            db, slot, interval, wake, active, stop,
         ))),
         Wakeup::Poll => None,
     }
