@@ -69,7 +69,8 @@ pub struct AdoptArgs {
     #[arg(long, value_name = "COLUMN")]
     pub timestamp: Option<String>,
     /// Also send the rows written before the adoption since this time
-    /// (2026-11-28T12:00:00Z) or this long ago (24h); safe to repeat.
+    /// (RFC 3339, 2026-11-28T12:00:00+01:00; a time without an offset is UTC)
+    /// or this long ago (24h); safe to repeat.
     #[arg(long, value_name = "TIME")]
     pub backfill_since: Option<Since>,
     /// Rows per backfill transaction.

@@ -25,7 +25,8 @@ pub struct RecoverArgs {
     /// The endpoint that missed messages.
     #[arg(long)]
     pub endpoint: String,
-    /// Messages written since this time (2026-11-28T12:00:00Z) or this long ago (2h).
+    /// Messages written since this time or this long ago: 2026-11-28T12:00:00+01:00 (RFC 3339; a
+    /// time without an offset, as 2026-11-28T12:00:00, is UTC) or 2h.
     #[arg(long)]
     pub since: Since,
     /// ...and before this time or this long ago (default: now).

@@ -22,7 +22,8 @@ pub struct ReplayArgs {
     /// Replay this endpoint's dead deliveries...
     #[arg(long, requires = "since")]
     endpoint: Option<String>,
-    /// ...that died since this time (2026-11-28T12:00:00Z) or this long ago (2h).
+    /// ...that died since this time or this long ago: 2026-11-28T12:00:00+01:00 (RFC 3339; a time
+    /// without an offset, as 2026-11-28T12:00:00, is UTC) or 2h.
     #[arg(long)]
     since: Option<Since>,
     /// Refuse unless the delivery or endpoint belongs to this tenant
