@@ -7,9 +7,11 @@ use clap::{Args, Subcommand};
 use tokio_postgres::Client;
 
 use super::database::DatabaseArgs;
+use super::usage::Usage;
 use crate::db::DbError;
 use crate::delivery::shown_url::redacted_url;
-use crate::signature::Secret;
+use crate::signature::ed25519::PUBLIC_KEY_PREFIX;
+use crate::signature::{Secret, SigningKey};
 use crate::table;
 
 /// `outboxd endpoint ...`.
@@ -33,7 +35,8 @@ pub enum EndpointCommand {
         /// Subscribe to this event type (repeatable); none means every type.
         #[arg(long = "event-type")]
         event_types: Vec<String>,
-        /// Use this whsec_ secret instead of generating one.
+        /// Sign with this whsec_ secret or whsk_ ed25519 secret key (outboxd keygen) instead
+        /// of a generated whsec_ secret.
         #[arg(long, env = "OUTBOXD_ENDPOINT_SECRET", hide_env_values = true)]
         secret: Option<String>,
         /// Request timeout for this endpoint (default: the sidecar's).
@@ -68,7 +71,8 @@ pub enum EndpointCommand {
     RotateSecret {
         /// The endpoint.
         id: String,
-        /// Use this whsec_ secret instead of generating one.
+        /// Sign with this whsec_ secret or whsk_ ed25519 secret key instead of a generated
+        /// whsec_ secret.
         #[arg(long, env = "OUTBOXD_ENDPOINT_SECRET", hide_env_values = true)]
         secret: Option<String>,
         /// Keep only the newest secret (alone: end a rotation).
@@ -153,13 +157,7 @@ pub struct NewEndpoint {
 
 /// Registers an endpoint and prints its secret if it was generated.
 pub async fn add(client: &Client, new: NewEndpoint) -> anyhow::Result<()> {
-    let (secret, generated) = match new.secret {
-        Some(text) => {
-            Secret::parse(&text).context("--secret")?;
-            (text, false)
-        }
-        None => (Secret::generate().to_whsec(), true),
-    };
+    let (secret, generated) = signing_secret(new.secret)?;
     let types = (!new.event_types.is_empty()).then_some(new.event_types);
     let timeout_ms = new
         .timeout
@@ -190,6 +188,36 @@ pub async fn add(client: &Client, new: NewEndpoint) -> anyhow::Result<()> {
         println!("signing secret (shown once, give it to the receiver):\n{secret}");
     }
     Ok(())
+}
+
+/// The secret an endpoint signs with: `--secret` checked (a `whsec_` HMAC
+/// secret or a `whsk_` ed25519 secret key, as `outboxd keygen` makes;
+/// the receiver then holds the `whpk_` public key, printed here), or a
+/// generated `whsec_` secret, and whether it was generated.
+fn signing_secret(given: Option<String>) -> anyhow::Result<(String, bool)> {
+    let Some(text) = given else {
+        return Ok((Secret::generate().to_whsec(), true));
+    };
+    if text.starts_with(PUBLIC_KEY_PREFIX) {
+        return Err(Usage::error(
+            "--secret: a whpk_ public key cannot sign; give the endpoint the whsk_ secret key              (outboxd keygen prints both) and the receiver the whpk_ public key",
+        ));
+    }
+    match SigningKey::parse(&text) {
+        Ok(SigningKey::Ed25519(key)) => {
+            println!(
+                "receivers verify with the public key {}",
+                key.public_key().to_whpk()
+            );
+        }
+        Ok(SigningKey::Hmac(_)) => {}
+        Err(error) => {
+            return Err(Usage::error(format!(
+                "--secret: {error} (a whsec_ secret or a whsk_ key: outboxd keygen [--hmac])"
+            )));
+        }
+    }
+    Ok((text, false))
 }
 
 /// Prints the endpoints (never their secrets, nor the credentials and
@@ -291,13 +319,7 @@ pub async fn rotate_secret(
         println!("endpoint {id} now signs with its newest secret only");
         return Ok(());
     }
-    let (secret, generated) = match secret {
-        Some(text) => {
-            Secret::parse(&text).context("--secret")?;
-            (text, false)
-        }
-        None => (Secret::generate().to_whsec(), true),
-    };
+    let (secret, generated) = signing_secret(secret)?;
     let count: i32 = client
         .query_opt(ROTATE, &[&id, &secret, &drop_old])
         .await

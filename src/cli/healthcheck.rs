@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use super::usage::Usage;
 use crate::config::defaults;
 
 /// Settings of `outboxd healthcheck`.
@@ -28,7 +29,7 @@ pub struct HealthcheckArgs {
 pub async fn run(args: &HealthcheckArgs) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if !args.path.starts_with('/') {
-        bail!("--path must start with /, e.g. /healthz");
+        return Err(Usage::error("--path must start with /, e.g. /healthz"));
     }
     let mut addr = args.admin_addr;
     if addr.ip().is_unspecified() {

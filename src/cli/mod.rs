@@ -18,6 +18,7 @@ mod retry_schedule;
 mod run;
 mod status;
 mod tenant_guard;
+mod usage;
 mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,6 +37,7 @@ pub use self::retry_schedule::RetryScheduleArgs;
 use self::run::RUN_EXAMPLES;
 pub use self::run::RunArgs;
 pub use self::status::StatusArgs;
+pub use self::usage::{EXIT_FAILURE, EXIT_USAGE, Usage, exit_code};
 pub use self::verify::VerifyArgs;
 
 /// Transactional-outbox webhook sidecar for PostgreSQL.
@@ -61,7 +63,17 @@ Getting started:
   outboxd endpoint add ID URL    register a receiver; prints its signing secret
   outboxd run                    deliver; /metrics, /healthz and /readyz on 127.0.0.1:9090
 
-Every option also reads the environment variable that `outboxd COMMAND --help` shows.";
+Environment: an option that also reads an environment variable shows it in
+`outboxd COMMAND --help` as [env: NAME]. Every setting of `run` does, and
+--database-url (DATABASE_URL) and --log-format (OUTBOXD_LOG_FORMAT) do on
+every command; the one-off arguments of the other commands (ids, URLs, times)
+are read from the command line only. Booleans take 1/0, true/false, yes/no
+or on/off.
+
+Exit status: 0 success; 1 the command ran and failed or its answer is no
+(invalid signature, unhealthy sidecar, database error); 2 the command line
+or environment is wrong (unknown flag, malformed value, settings that cannot
+work together, unreadable file argument) and nothing was done.";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 use tokio_util::sync::CancellationToken;
 
 use super::database::DatabaseArgs;
-use crate::config::{Config, ConsoleToken, DatabaseUrl, Retention, Wakeup, defaults};
-use crate::db::{Db, migrate};
+use super::usage::Usage;
+use crate::config::{Config, ConsoleToken, Retention, Wakeup, defaults};
+use crate::db::migrate;
 use crate::retry::{self, RetryPolicy};
 
 pub(super) const RUN_EXAMPLES: &str = "\
@@ -25,7 +26,7 @@ pub struct RunArgs {
     #[command(flatten, next_help_heading = "Database")]
     database: DatabaseArgs,
     /// Apply pending migrations before starting.
-    #[arg(long, help_heading = "Database", env = "OUTBOXD_MIGRATE")]
+    #[arg(long, help_heading = "Database", env = "OUTBOXD_MIGRATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub migrate: bool,
     /// How new rows are noticed: notify (LISTEN), logical (replication slot) or poll (state poll only).
     #[arg(long, help_heading = "Delivery", env = "OUTBOXD_WAKEUP", value_enum, default_value_t = Wakeup::Notify)]
@@ -74,7 +75,9 @@ pub struct RunArgs {
     #[arg(
         long,
         help_heading = "Shutdown and admin server",
-        env = "OUTBOXD_NO_ADMIN"
+        env = "OUTBOXD_NO_ADMIN",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
     )]
     no_admin: bool,
     /// Serve the web console under /console of the admin server to whoever signs in with this
@@ -96,7 +99,7 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Retention", env = "OUTBOXD_PURGE_INTERVAL", default_value = defaults::PURGE_INTERVAL, value_parser = humantime::parse_duration)]
     purge_interval: Duration,
     /// Never delete anything (no retention purge).
-    #[arg(long, help_heading = "Retention", env = "OUTBOXD_NO_PURGE")]
+    #[arg(long, help_heading = "Retention", env = "OUTBOXD_NO_PURGE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     no_purge: bool,
     /// Print the effective configuration (secrets masked) and exit.
     #[arg(long, help_heading = "Shutdown and admin server")]
@@ -114,23 +117,30 @@ pub struct RunArgs {
     reconnect_max: Duration,
     /// Let outcome writes skip waiting for the WAL flush, as claims always do: faster, but
     /// after a database crash some deliveries are sent again (never lost).
-    #[arg(long, env = "OUTBOXD_ASYNC_COMMIT", help_heading = "Database")]
+    #[arg(long, env = "OUTBOXD_ASYNC_COMMIT", help_heading = "Database", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     async_commit: bool,
 }
 
 impl RunArgs {
     /// The validated configuration.
+    /// Every mistake is a [`Usage`] error (exit 2), found before anything
+    /// connects; `--print-config` checks exactly the same.
     pub fn config(&self) -> anyhow::Result<Config> {
         let config = Config {
-            database_url: DatabaseUrl::new(self.database.database_url.clone()),
+            database_url: self.database.url()?,
             wakeup: self.wakeup,
             poll_interval: self.poll_interval,
             logical_interval: self.logical_interval,
             lease: self.lease,
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
-            retry: RetryPolicy::parse(&self.retry_schedule, self.max_retry_after)
-                .context("OUTBOXD_RETRY_SCHEDULE")?,
+            retry: RetryPolicy::parse(&self.retry_schedule, self.max_retry_after).map_err(
+                |error| {
+                    Usage::error(format!(
+                        "--retry-schedule (OUTBOXD_RETRY_SCHEDULE): {error}"
+                    ))
+                },
+            )?,
             batch_size: self.batch_size,
             concurrency: self.concurrency,
             shutdown_grace: self.shutdown_grace,
@@ -152,7 +162,10 @@ impl RunArgs {
             async_commit: self.async_commit,
             console_token: self.console_token.clone().map(ConsoleToken::new),
         };
-        config.validate()?;
+        config.validate().map_err(Usage::from_error)?;
+        // What the sidecar does first: parse the URL and read the TLS
+        // files it names.
+        self.database.db()?;
         Ok(config)
     }
 }
@@ -162,6 +175,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     if args.print_config {
         print!("{}", config.describe());
+        println!("migrate = {}", args.migrate);
         return Ok(());
     }
     let shutdown = CancellationToken::new();
@@ -172,8 +186,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Applies pending migrations and says which.
 pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
-    let db = Db::new(&DatabaseUrl::new(args.database_url))?.with_pinned_search_path();
-    let mut client = db.connect().await?;
+    let mut client = args.connect().await?;
     let applied = migrate::run(&mut client).await?;
     if applied.is_empty() {
         println!("outbox schema is up to date");

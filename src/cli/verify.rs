@@ -6,9 +6,10 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 
+use super::usage::Usage;
 use crate::signature::{Verifier, VerifyingKey};
 
 /// Settings of `outboxd verify`.
@@ -40,22 +41,28 @@ pub struct VerifyArgs {
     pub tolerance: Duration,
 }
 
-/// Prints `valid`, or fails with the reason.
+/// Prints `valid`, or fails with the reason: exit 1 for a webhook that
+/// does not verify, 2 when it cannot be checked (a malformed key, an
+/// unreadable body).
 pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     let secrets = args
         .secrets
         .iter()
         .enumerate()
-        .map(|(i, s)| VerifyingKey::parse(s).with_context(|| format!("--secret #{}", i + 1)))
+        .map(|(i, s)| {
+            VerifyingKey::parse(s).map_err(|e| Usage::error(format!("--secret #{}: {e}", i + 1)))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let body = if args.body.as_os_str() == "-" {
         let mut body = Vec::new();
         std::io::stdin()
             .read_to_end(&mut body)
-            .context("reading the body from stdin")?;
+            .map_err(|e| Usage::error(format!("--body -: cannot read standard input: {e}")))?;
         body
     } else {
-        std::fs::read(&args.body).with_context(|| format!("reading {}", args.body.display()))?
+        std::fs::read(&args.body).map_err(|e| {
+            Usage::error(format!("--body: cannot read {}: {e}", args.body.display()))
+        })?
     };
     let verifier = Verifier::with_keys(secrets).with_tolerance(args.tolerance);
     if let Err(error) = verifier.verify(&args.id, &args.timestamp, &args.signature, &body) {

@@ -24,6 +24,16 @@ impl EgressProxy {
         Ok(Self(Arc::new((url, proxy))))
     }
 
+    /// The URL with its password masked, for `--print-config` and logs.
+    pub fn shown(&self) -> String {
+        let mut shown = self.0.0.clone();
+        if shown.password().is_some() {
+            // Cannot fail: the URL has a host (checked in parse).
+            let _ = shown.set_password(Some("redacted"));
+        }
+        shown.to_string()
+    }
+
     /// The proxy setting for an HTTP client.
     pub fn to_reqwest(&self) -> reqwest::Proxy {
         self.0.1.clone()
@@ -32,12 +42,7 @@ impl EgressProxy {
 
 impl fmt::Debug for EgressProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.0.clone();
-        if shown.password().is_some() {
-            // Cannot fail: the URL has a host (checked in parse).
-            let _ = shown.set_password(Some("<redacted>"));
-        }
-        write!(f, "EgressProxy({shown})")
+        write!(f, "EgressProxy({})", self.shown())
     }
 }
 

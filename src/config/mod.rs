@@ -303,6 +303,24 @@ impl Config {
                 },
             ),
         ];
+        let networks: Vec<String> = self.allow_networks.iter().map(|n| n.to_string()).collect();
+        lines.extend([
+            (
+                "allow_networks",
+                if networks.is_empty() {
+                    "none (public addresses only)".into()
+                } else {
+                    networks.join(",")
+                },
+            ),
+            (
+                "egress_proxy",
+                self.egress_proxy
+                    .as_ref()
+                    .map_or("none".into(), |p| p.shown()),
+            ),
+            ("reconnect_max", duration(self.reconnect_max)),
+        ]);
         match &self.retention {
             Some(r) => lines.extend([
                 ("retention", duration(r.finished)),

@@ -34,12 +34,17 @@ pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// `DATABASE_URL` does not parse.
-    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {}", Chain(.0))]
+    #[error(
+        "the database URL (--database-url, DATABASE_URL) is not a valid PostgreSQL connection \
+         string: {}",
+        Chain(.0)
+    )]
     BadUrl(tokio_postgres::Error),
     /// The TLS settings of `DATABASE_URL` are wrong, or a certificate file
-    /// they name cannot be used.
-    #[error("DATABASE_URL: {0}")]
-    Tls(#[from] tls::TlsError),
+    /// they name cannot be used. The message includes the cause's, which is
+    /// therefore not also its `source()` (it would print twice).
+    #[error("the database URL (--database-url, DATABASE_URL): {0}")]
+    Tls(tls::TlsError),
     /// A migration file failed to apply; nothing of the run was committed.
     #[error("migration {name} failed: {}", Chain(.cause))]
     Migration {
@@ -99,6 +104,12 @@ impl fmt::Display for Chain<'_> {
             cause = error.source();
         }
         Ok(())
+    }
+}
+
+impl From<tls::TlsError> for DbError {
+    fn from(error: tls::TlsError) -> Self {
+        Self::Tls(error)
     }
 }
 

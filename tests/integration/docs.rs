@@ -61,10 +61,10 @@ fn configuration_table() -> String {
         if matches!(long, "help" | "version") {
             continue;
         }
-        let group = if arg.is_global_set() {
-            "All commands".to_owned()
-        } else {
-            arg.get_help_heading().unwrap_or("Other").to_owned()
+        let group = match arg.get_help_heading() {
+            Some(heading) => heading.to_owned(),
+            None if arg.is_global_set() => "All commands".to_owned(),
+            None => "Other".to_owned(),
         };
         let env = arg
             .get_env()

@@ -50,6 +50,12 @@ fn assert_invalid(output: &Output, reason: &str) {
     assert!(stderr.contains(reason), "{stderr:?} should say {reason:?}");
 }
 
+fn assert_usage(output: &Output, reason: &str) {
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(reason), "{stderr:?} should say {reason:?}");
+}
+
 #[test]
 fn verify_accepts_good_webhooks_and_rejects_bad_ones() {
     let (old, new) = (Secret::generate(), Secret::generate());
@@ -131,11 +137,12 @@ fn verify_reads_the_body_from_a_file_and_checks_its_timestamp_format() {
 
 #[test]
 fn a_malformed_key_is_refused_without_echoing_it() {
+    // A key that cannot be used is a usage error (2), not a verdict (1).
     let output = verify(&["whsec_hunter2!!"], now(), "v1,AAAA", b"", &[]);
-    assert_invalid(&output, "--secret #1");
+    assert_usage(&output, "--secret #1");
     assert!(!text(&output.stderr).contains("hunter2"));
     let output = verify(&["whpk_aHVudGVyMg=="], now(), "v1a,AAAA", b"", &[]);
-    assert_invalid(&output, "public key is not whpk_");
+    assert_usage(&output, "public key is not whpk_");
     assert!(!text(&output.stderr).contains("aHVudGVyMg"));
 }
 

@@ -87,11 +87,16 @@ fn an_unreadable_sslrootcert_is_named_without_the_password() {
     let shown = error.to_string();
     assert!(
         shown.starts_with(
-            "DATABASE_URL: cannot read sslrootcert /nonexistent/rds-ca.pem: No such file"
+            "the database URL (--database-url, DATABASE_URL): cannot read sslrootcert \
+             /nonexistent/rds-ca.pem: No such file"
         ),
         "{shown}"
     );
     assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        std::error::Error::source(&error).is_none(),
+        "the cause is in the message, not repeated as its source"
+    );
     assert!(!error.is_connection_lost());
 }
 
