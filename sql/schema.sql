@@ -2057,9 +2057,14 @@ CREATE VIEW outbox.message_status AS
     m.ordering_key,
     m.created_at,
     d.updated_at,
-    m.tenant_id
-   FROM (outbox.deliveries d
+    m.tenant_id,
+        CASE
+            WHEN ((d.status = 'pending'::text) AND (NOT e.enabled)) THEN format('endpoint %s is disabled: %s'::text, e.id, COALESCE(e.disabled_reason, 'no reason recorded'::text))
+            ELSE NULL::text
+        END AS waiting_reason
+   FROM ((outbox.deliveries d
      JOIN outbox.messages m ON ((m.id = d.message_id)))
+     JOIN outbox.endpoints e ON ((e.id = d.endpoint_id)))
   WHERE ((( SELECT outbox.tenant_scope() AS tenant_scope) IS NULL) OR (m.tenant_id = ( SELECT outbox.tenant_scope() AS tenant_scope)))
 UNION ALL
  SELECT NULL::bigint AS delivery_id,
@@ -2076,7 +2081,8 @@ UNION ALL
     m.ordering_key,
     m.created_at,
     m.created_at AS updated_at,
-    m.tenant_id
+    m.tenant_id,
+    NULL::text AS waiting_reason
    FROM outbox.messages m
   WHERE ((NOT m.routed) AND ((( SELECT outbox.tenant_scope() AS tenant_scope) IS NULL) OR (m.tenant_id = ( SELECT outbox.tenant_scope() AS tenant_scope))));
 
@@ -2085,7 +2091,7 @@ UNION ALL
 -- Name: VIEW message_status; Type: COMMENT; Schema: outbox; Owner: -
 --
 
-COMMENT ON VIEW outbox.message_status IS 'One row per message and target endpoint with the delivery state, attempts and last error: what applications query for delivery status. Unrouted messages show as pending.';
+COMMENT ON VIEW outbox.message_status IS 'One row per message and target endpoint with the delivery state, attempts and last error: what applications query for delivery status. Unrouted messages show as pending. waiting_reason says why a pending delivery is not being sent (its endpoint is disabled, and why); NULL otherwise.';
 
 
 --

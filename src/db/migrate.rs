@@ -47,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(14, "0014_fleet_claims.sql"),
     migration!(15, "0015_recovery_tools.sql"),
     migration!(16, "0016_schema_notes.sql"),
+    migration!(18, "0018_waiting_reason.sql"),
 ];
 
 const LOCK: &str = include_str!("../../sql/queries/migrations_lock.sql");

@@ -382,3 +382,77 @@ async fn one_tenants_backlog_does_not_delay_another() {
         "50 messages of the quiet tenant took {took:?} beside the busy one's backlog"
     );
 }
+
+#[tokio::test]
+async fn a_pending_delivery_of_a_disabled_endpoint_says_why_to_its_tenant_only() {
+    let db = fresh_db().await;
+    db.client
+        .batch_execute(
+            "INSERT INTO outbox.endpoints (id, url, secrets, tenant_id)
+             VALUES ('acme-hooks', 'https://acme.example.com/in', ARRAY['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'], 'acme'),
+                    ('globex-hooks', 'https://globex.example.com/in', ARRAY['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'], 'globex');
+             INSERT INTO outbox.messages (event_id, tenant_id, event_type, payload)
+             VALUES ('a1', 'acme', 't', '{}'), ('g1', 'globex', 't', '{}');
+             SELECT outbox.route(10);
+             UPDATE outbox.endpoints SET enabled = false, disabled_reason = 'receiver migration'
+             WHERE id = 'globex-hooks';",
+        )
+        .await
+        .unwrap();
+    let reasons: Vec<(String, String, Option<String>)> = db
+        .client
+        .query(
+            "SELECT event_id, status, waiting_reason FROM outbox.message_status ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("a1".into(), "pending".into(), None),
+            (
+                "g1".into(),
+                "pending".into(),
+                Some("endpoint globex-hooks is disabled: receiver migration".into())
+            ),
+        ]
+    );
+
+    let (_, reader) = login_as(&db, "outbox_tenant_reader").await;
+    reader
+        .batch_execute("SET outbox.tenant_id = 'acme'")
+        .await
+        .unwrap();
+    let seen: Vec<(String, Option<String>)> = reader
+        .query(
+            "SELECT event_id, waiting_reason FROM outbox.message_status",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        seen,
+        [("a1".to_owned(), None)],
+        "globex's reason stays with globex"
+    );
+    reader
+        .batch_execute("SET outbox.tenant_id = 'globex'")
+        .await
+        .unwrap();
+    let reason: Option<String> = reader
+        .query_one("SELECT waiting_reason FROM outbox.message_status", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        reason.as_deref(),
+        Some("endpoint globex-hooks is disabled: receiver migration")
+    );
+}
