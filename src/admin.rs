@@ -216,6 +216,7 @@ async fn route(
     }
     Ok(match request.uri().path() {
         "/metrics" => {
+            telemetry::ready(readiness.check().await.is_ok());
             let mut response = text(StatusCode::OK, telemetry::handle().render());
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

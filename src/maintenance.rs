@@ -23,7 +23,8 @@ const PURGE_TRY_LOCK: &str = include_str!("../sql/queries/purge_try_lock.sql");
 /// presumed dead.
 const JOB_DEADLINE: Duration = Duration::from_secs(120);
 
-/// How often the backlog gauges are refreshed.
+/// How often the backlog gauges (pending, oldest, dead, disabled) are
+/// refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(15);
 /// Rows examined per purge page (and so at most deleted per transaction).
 pub const PURGE_PAGE: i64 = 500;
@@ -90,7 +91,15 @@ async fn publish_backlog(client: &Client) -> Result<(), DbError> {
         let oldest = row
             .get::<_, Option<f64>>("oldest_secs")
             .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok());
-        telemetry::backlog(&endpoint, row.get("pending"), oldest);
+        telemetry::backlog(
+            &endpoint,
+            telemetry::Backlog {
+                pending: row.get("pending"),
+                oldest,
+                dead: row.get("dead"),
+                enabled: row.get("enabled"),
+            },
+        );
     }
     Ok(())
 }

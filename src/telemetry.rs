@@ -19,22 +19,32 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Deliveries finished or rescheduled, by endpoint and outcome
-/// (`delivered`, `retry`, `dead`, `released`).
+/// Ends of attempts, and claims handed back unsent, by endpoint and
+/// outcome: `delivered` (2xx), `retry` (failed, another attempt is
+/// scheduled), `dead` (failed for good), `released` (claimed but not sent
+/// before shutdown; no request was made, the claim is handed back).
 pub const DELIVERIES: &str = "outboxd_deliveries_total";
 /// HTTP attempt duration, by endpoint.
 pub const ATTEMPT_DURATION: &str = "outboxd_attempt_duration_seconds";
 /// Message `created_at` to successful delivery, by endpoint.
 pub const DELIVERY_LAG: &str = "outboxd_delivery_lag_seconds";
-/// Rows per claim statement.
-pub const CLAIM_BATCH: &str = "outboxd_claim_batch_size";
+/// Deliveries taken by one claim statement (histogram).
+pub const CLAIM_BATCH: &str = "outboxd_claim_batch_deliveries";
 /// HTTP requests in flight in this process.
 pub const IN_FLIGHT: &str = "outboxd_in_flight_requests";
 /// Pending deliveries, by endpoint (the same value from every replica:
 /// aggregate with `max`).
-pub const BACKLOG: &str = "outboxd_backlog";
+pub const BACKLOG: &str = "outboxd_pending_deliveries";
 /// Age of the oldest pending delivery, by endpoint.
 pub const OLDEST_PENDING: &str = "outboxd_oldest_pending_age_seconds";
+/// Dead deliveries kept (until replayed, cancelled or purged), by endpoint.
+pub const DEAD: &str = "outboxd_dead_deliveries";
+/// 1 for a disabled endpoint, 0 for an enabled one, by endpoint.
+pub const DISABLED: &str = "outboxd_endpoint_disabled";
+/// 1 when `/readyz` would answer 200, refreshed on every scrape.
+pub const READY: &str = "outboxd_ready";
+/// Always 1; the `version` label names the running release.
+pub const BUILD_INFO: &str = "outboxd_build_info";
 /// Database errors, by operation.
 pub const DB_ERRORS: &str = "outboxd_db_errors_total";
 /// Reconnections, by connection (`listener`, `dispatcher`, `writer`).
@@ -70,6 +80,7 @@ pub fn handle() -> &'static PrometheusHandle {
         // application's); then ours renders nothing, which is harmless.
         if metrics::set_global_recorder(recorder).is_ok() {
             describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             start_upkeep(handle.clone());
         }
         handle
@@ -97,7 +108,9 @@ fn start_upkeep(handle: PrometheusHandle) {
 fn describe() {
     describe_counter!(
         DELIVERIES,
-        "Deliveries finished or rescheduled, by endpoint and outcome."
+        "Ends of attempts and claims handed back unsent, by endpoint and outcome: delivered, \
+         retry (failed, will retry), dead (failed for good), released (claimed, not sent before \
+         shutdown)."
     );
     describe_histogram!(
         ATTEMPT_DURATION,
@@ -109,14 +122,24 @@ fn describe() {
         metrics::Unit::Seconds,
         "Message creation to successful delivery."
     );
-    describe_histogram!(CLAIM_BATCH, "Rows taken by one claim statement.");
+    describe_histogram!(CLAIM_BATCH, "Deliveries taken by one claim statement.");
     describe_gauge!(IN_FLIGHT, "HTTP requests in flight in this process.");
-    describe_gauge!(BACKLOG, "Pending deliveries per endpoint.");
+    describe_gauge!(
+        BACKLOG,
+        "Pending deliveries per endpoint (the same from every replica: use max)."
+    );
     describe_gauge!(
         OLDEST_PENDING,
         metrics::Unit::Seconds,
         "Age of the oldest pending delivery per endpoint."
     );
+    describe_gauge!(DEAD, "Dead deliveries kept per endpoint (awaiting replay).");
+    describe_gauge!(DISABLED, "1 when the endpoint is disabled, else 0.");
+    describe_gauge!(
+        READY,
+        "1 when /readyz would answer 200, else 0 (refreshed per scrape)."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the release.");
     describe_counter!(DB_ERRORS, "Database errors, by operation.");
     describe_counter!(RECONNECTS, "Database reconnections, by connection.");
     describe_counter!(PURGED, "Rows deleted by the retention purge, by table.");
@@ -161,11 +184,35 @@ pub fn reconnect(connection: &'static str) {
     counter!(RECONNECTS, "connection" => connection).increment(1);
 }
 
-/// Publishes an endpoint's backlog.
-pub fn backlog(endpoint: &str, pending: i64, oldest: Option<Duration>) {
-    gauge!(BACKLOG, "endpoint" => endpoint.to_owned()).set(pending as f64);
+/// What the housekeeping reads per endpoint for the gauges.
+#[derive(Debug, Clone, Copy)]
+pub struct Backlog {
+    /// Pending deliveries.
+    pub pending: i64,
+    /// Age of the oldest pending delivery, if any.
+    pub oldest: Option<Duration>,
+    /// Dead deliveries kept.
+    pub dead: i64,
+    /// Whether the endpoint is enabled.
+    pub enabled: bool,
+}
+
+/// Publishes an endpoint's backlog, dead count and whether it is disabled.
+pub fn backlog(endpoint: &str, backlog: Backlog) {
+    gauge!(BACKLOG, "endpoint" => endpoint.to_owned()).set(backlog.pending as f64);
     gauge!(OLDEST_PENDING, "endpoint" => endpoint.to_owned())
-        .set(oldest.map_or(0.0, |d| d.as_secs_f64()));
+        .set(backlog.oldest.map_or(0.0, |d| d.as_secs_f64()));
+    gauge!(DEAD, "endpoint" => endpoint.to_owned()).set(backlog.dead as f64);
+    gauge!(DISABLED, "endpoint" => endpoint.to_owned()).set(if backlog.enabled {
+        0.0
+    } else {
+        1.0
+    });
+}
+
+/// Publishes whether the sidecar is ready (as `/readyz` answers).
+pub fn ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
 /// Counts purged rows of `table`.

@@ -1,8 +1,20 @@
--- Pending deliveries and the age of the oldest one, per endpoint (for the
--- backlog gauges). Walks only open rows through the endpoint/status index.
+-- Per endpoint, for the gauges: pending deliveries and the age of the
+-- oldest one, dead deliveries, and whether the endpoint is enabled. Walks
+-- only open and dead rows through the endpoint/status indexes.
 SELECT e.id AS endpoint_id,
-       count(d.id) AS pending,
-       extract(epoch FROM now() - min(d.created_at))::float8 AS oldest_secs
+       e.enabled,
+       p.pending,
+       p.oldest_secs,
+       x.dead
 FROM outbox.endpoints e
-LEFT JOIN outbox.deliveries d ON d.endpoint_id = e.id AND d.status = 'pending'
-GROUP BY e.id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS pending,
+           extract(epoch FROM now() - min(d.created_at))::float8 AS oldest_secs
+    FROM outbox.deliveries d
+    WHERE d.endpoint_id = e.id AND d.status = 'pending'
+) p
+CROSS JOIN LATERAL (
+    SELECT count(*) AS dead
+    FROM outbox.deliveries d
+    WHERE d.endpoint_id = e.id AND d.status = 'dead'
+) x

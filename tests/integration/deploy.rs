@@ -601,3 +601,70 @@ fn dashboard_queries_only_exported_metrics_and_labels() {
         "deploy/grafana/outboxd-dashboard.json shows no panel for {missing:?}: add one"
     );
 }
+
+/// `promtool` (Debian's prometheus package, installed by
+/// `.ci/install-prometheus`) checks deploy/prometheus/alerts.yml with
+/// Prometheus's own parser and runs its unit tests (alerts.test.yml: each
+/// alert fires on the series that should raise it, and only on them).
+/// Every outboxd metric an alert reads is one src/telemetry.rs exports.
+#[test]
+fn alert_rules_parse_fire_as_tested_and_read_exported_metrics() {
+    let exported = exported_metrics();
+    let rules = yaml_documents(&deploy_file("prometheus/alerts.yml")).remove(0);
+    let mut alerts = BTreeSet::new();
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        let name = text(&rule["alert"]);
+        for (series, labels) in selectors(&text(&rule["expr"])) {
+            let Some((known, _)) = exported.get(&series) else {
+                panic!("{name}: {series} is not exported by src/telemetry.rs");
+            };
+            for label in labels {
+                assert!(
+                    known.contains(&label),
+                    "{name}: {series} has no label {label}"
+                );
+            }
+        }
+        alerts.insert(name);
+    }
+    for wanted in [
+        "OutboxdDeadDeliveriesRising",
+        "OutboxdEndpointDisabled",
+        "OutboxdBacklogOld",
+        "OutboxdNotReady",
+    ] {
+        assert!(alerts.contains(wanted), "{wanted} missing from {alerts:?}");
+    }
+    let prometheus = yaml_documents(&deploy_file("prometheus/prometheus.yml")).remove(0);
+    assert_eq!(strings(&prometheus["rule_files"]), ["alerts.yml"]);
+
+    let Ok(version) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!(
+            "SKIPPED alert_rules_parse_fire_as_tested_and_read_exported_metrics: promtool not \
+             found (bash .ci/install-prometheus installs Debian's prometheus package)"
+        );
+        return;
+    };
+    assert!(version.status.success());
+    let dir = deploy_file("prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let output = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -42,6 +42,75 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
 }
 
 #[tokio::test]
+async fn metrics_show_dead_deliveries_disabled_endpoints_readiness_and_build() {
+    let db = fresh_db().await;
+    // Endpoint ids unique to this test: the recorder is shared by every
+    // sidecar in the test process.
+    add_unreachable_endpoint(&db.client, "gauges-dead").await;
+    add_unreachable_endpoint(&db.client, "gauges-off").await;
+    db.client
+        .batch_execute(
+            "INSERT INTO outbox.messages (event_id, event_type, payload, endpoint_id)
+             VALUES ('gd1', 't', '{}', 'gauges-dead'), ('gd2', 't', '{}', 'gauges-dead'),
+                    ('go1', 't', '{}', 'gauges-off');
+             SELECT outbox.route(10);
+             UPDATE outbox.deliveries SET status = 'dead', next_attempt_at = NULL
+             WHERE endpoint_id = 'gauges-dead';
+             UPDATE outbox.endpoints SET enabled = false, disabled_reason = '410 Gone'
+             WHERE id = 'gauges-off';",
+        )
+        .await
+        .unwrap();
+    let mut cfg = config(&db);
+    let addr = free_addr();
+    cfg.admin_addr = Some(addr);
+    let sidecar = spawn(cfg);
+    let metrics_url = format!("http://{addr}/metrics");
+    // The housekeeping publishes the gauges at start, then every 15 s.
+    let published = eventually(WAIT, || async {
+        let text = get(&metrics_url).await.1;
+        sample(&text, r#"outboxd_dead_deliveries{endpoint="gauges-dead"}"#) == 2.0
+            && sample(&text, r#"outboxd_endpoint_disabled{endpoint="gauges-off"}"#) == 1.0
+            && sample(&text, "outboxd_ready ") == 1.0
+    })
+    .await;
+    let text = get(&metrics_url).await.1;
+    sidecar.stop().await;
+    assert!(published, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"outboxd_endpoint_disabled{endpoint="gauges-dead"}"#
+        ),
+        0.0
+    );
+    assert!(
+        text.contains(r#"outboxd_endpoint_disabled{endpoint="gauges-dead"} 0"#),
+        "an enabled endpoint reads 0, not absent: {text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"outboxd_pending_deliveries{endpoint="gauges-off"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    let version = format!(
+        r#"outboxd_build_info{{version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&version), "{text}");
+    for help in [
+        "# HELP outboxd_deliveries_total Ends of attempts and claims handed back unsent",
+        "# TYPE outboxd_dead_deliveries gauge",
+        "# TYPE outboxd_claim_batch_deliveries histogram",
+    ] {
+        assert!(text.contains(help), "{help}: {text}");
+    }
+}
+
+#[tokio::test]
 async fn metrics_count_deliveries_by_endpoint_and_outcome() {
     let db = fresh_db().await;
     let receiver = Receiver::start(None, |r| {
@@ -97,7 +166,7 @@ async fn metrics_count_deliveries_by_endpoint_and_outcome() {
         ),
         3.0
     );
-    assert!(sample(&text, "outboxd_claim_batch_size_count") >= 1.0);
+    assert!(sample(&text, "outboxd_claim_batch_deliveries_count") >= 1.0);
     assert!(
         text.contains("# TYPE outboxd_in_flight_requests gauge"),
         "{text}"
