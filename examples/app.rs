@@ -7,11 +7,21 @@
 //! ```sh
 //! export DATABASE_URL=postgres://app@localhost/shop
 //! outboxd migrate && outboxd run &          # the sidecar
-//! cargo run --example app -- alice 1999     # customer, total in cents
+//! cargo run --example app -- alice 1999 checkout-7f3a   # customer, cents, idempotency key
 //! ```
 //!
 //! It prints the event id (the `webhook-id` receivers see) and then each
 //! delivery's status until every one is delivered or dead (30 s at most).
+//! Run it twice with the same key: the second run places nothing and
+//! sends nothing, as a retried request must.
+//!
+//! What makes a retry safe is the **idempotency key** of the request (the
+//! client's `Idempotency-Key` header, a form's nonce, the id of the command
+//! being processed): the same on every retry, unique in `orders`. A retry
+//! of a request that committed finds its order and stops; its event was
+//! committed with it. A deterministic event id alone (`order-{id}` from
+//! `RETURNING id`) is not enough: a retried transaction makes a new order,
+//! with a new id, and so a new event.
 
 use std::time::Duration;
 
@@ -20,33 +30,62 @@ use tokio_postgres::{Client, NoTls};
 /// The business table (shared with examples/sql/publish_order.sql).
 pub const ORDERS_TABLE: &str = include_str!("sql/orders.sql");
 
-/// What [`place_order`] committed.
+/// What [`place_order`] committed, or found committed by an earlier try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
-    /// The new `orders.id`.
+    /// The `orders.id`.
     pub order_id: i64,
     /// The event's id: `webhook-id` on the wire, your key for status queries.
     pub event_id: String,
+    /// False when an earlier try with the same idempotency key had placed
+    /// the order already: nothing was written, nothing more is sent.
+    pub new: bool,
 }
 
-/// Inserts an order and its event in one transaction. If anything fails,
-/// neither is written: dropping an uncommitted transaction rolls it back.
+/// The event id of an order's `order.created` event.
+fn created_event_id(order_id: i64) -> String {
+    format!("order-{order_id}-created")
+}
+
+/// Inserts an order and its event in one transaction, once per
+/// `idempotency_key`: a retry of a request that committed returns the
+/// order it placed and writes nothing. If anything fails, neither row is
+/// written: dropping an uncommitted transaction rolls it back.
 pub async fn place_order(
     client: &mut Client,
+    idempotency_key: &str,
     customer: &str,
     total_cents: i64,
 ) -> Result<Placed, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let order_id: i64 = tx
-        .query_one(
-            "INSERT INTO orders (customer, total_cents) VALUES ($1, $2) RETURNING id",
-            &[&customer, &total_cents],
+    // A concurrent try with the same key waits here for the first to
+    // commit (then finds its order) or roll back (then inserts).
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO orders (idempotency_key, customer, total_cents) VALUES ($1, $2, $3)
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            &[&idempotency_key, &customer, &total_cents],
         )
-        .await?
-        .get(0);
-    // A deterministic id makes retrying this function safe: a second
-    // insert of the same event fails (23505) instead of sending it twice.
-    let event_id = format!("order-{order_id}-created");
+        .await?;
+    let Some(row) = inserted else {
+        // Placed by an earlier try, whose event committed with it.
+        let order_id: i64 = tx
+            .query_one(
+                "SELECT id FROM orders WHERE idempotency_key = $1",
+                &[&idempotency_key],
+            )
+            .await?
+            .get(0);
+        return Ok(Placed {
+            order_id,
+            event_id: created_event_id(order_id),
+            new: false,
+        });
+    };
+    let order_id: i64 = row.get(0);
+    // Derived from the order, so one order has one event; it is the
+    // idempotency key above that keeps a retry from making a second order.
+    let event_id = created_event_id(order_id);
     // The body receivers get, as is; Standard Webhooks suggests this shape.
     let payload = serde_json::json!({
         "type": "order.created",
@@ -65,7 +104,11 @@ pub async fn place_order(
     )
     .await?;
     tx.commit().await?;
-    Ok(Placed { order_id, event_id })
+    Ok(Placed {
+        order_id,
+        event_id,
+        new: true,
+    })
 }
 
 /// One delivery of an event, as `outbox.message_status` reports it.
@@ -117,6 +160,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let customer = args.next().unwrap_or_else(|| "alice".to_owned());
     let total_cents: i64 = args.next().as_deref().unwrap_or("1999").parse()?;
+    // In a service: the client's Idempotency-Key, the same on every retry.
+    let key = args.next().unwrap_or_else(|| "checkout-7f3a".to_owned());
 
     // TLS to PostgreSQL: use tokio-postgres-rustls or postgres-native-tls.
     let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await?;
@@ -127,11 +172,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     client.batch_execute(ORDERS_TABLE).await?;
 
-    let placed = place_order(&mut client, &customer, total_cents).await?;
-    println!(
-        "order {} committed with event {}",
-        placed.order_id, placed.event_id
-    );
+    let placed = place_order(&mut client, &key, &customer, total_cents).await?;
+    if placed.new {
+        println!(
+            "order {} committed with event {}",
+            placed.order_id, placed.event_id
+        );
+    } else {
+        println!(
+            "order {} was placed by an earlier try with key {key}: nothing new is sent",
+            placed.order_id
+        );
+    }
 
     let mut last = Vec::new();
     for _ in 0..60 {

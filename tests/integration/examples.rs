@@ -123,21 +123,24 @@ async fn examples_carry_orders_from_app_and_sql_to_the_receiver_once_each() {
     .await;
     let sidecar = spawn(config(&db));
 
-    let placed = app::place_order(&mut db.client, "alice", 1999)
+    let placed = app::place_order(&mut db.client, "checkout-alice", "alice", 1999)
         .await
         .unwrap();
     assert_eq!(
         placed.event_id,
         format!("order-{}-created", placed.order_id)
     );
-    let out = psql(
-        &db,
-        "publish_order.sql",
-        &[("customer", "bob"), ("total_cents", "4200")],
-    )
-    .await;
+    let bob = [
+        ("idempotency_key", "checkout-bob"),
+        ("customer", "bob"),
+        ("total_cents", "4200"),
+    ];
+    let out = psql(&db, "publish_order.sql", &bob).await;
     let second = format!("order-{}-created", placed.order_id + 1);
     assert!(out.contains(&second), "{out}");
+    // The same request again (a retry): no order, no event.
+    let again = psql(&db, "publish_order.sql", &bob).await;
+    assert!(again.contains("(0 rows)"), "{again}");
 
     assert!(wait_settled(&db.client, WAIT).await, "deliveries settle");
     let statuses = app::delivery_status(&db.client, &placed.event_id)
@@ -204,7 +207,7 @@ async fn an_order_whose_event_cannot_be_written_is_not_written_either() {
     db.client.batch_execute(app::ORDERS_TABLE).await.unwrap();
     // The next order will be number 1; its event id is taken already.
     insert_message(&db.client, "order-1-created", "order.created", "{}").await;
-    let error = app::place_order(&mut db.client, "carol", 500)
+    let error = app::place_order(&mut db.client, "checkout-carol", "carol", 500)
         .await
         .unwrap_err();
     assert_eq!(
@@ -213,10 +216,60 @@ async fn an_order_whose_event_cannot_be_written_is_not_written_either() {
     );
     let orders: i64 = count(&db.client, "SELECT count(*) FROM orders").await;
     assert_eq!(orders, 0, "the order was rolled back with its event");
-    let placed = app::place_order(&mut db.client, "carol", 500)
+    let placed = app::place_order(&mut db.client, "checkout-carol", "carol", 500)
         .await
         .unwrap();
     assert_eq!(placed.event_id, "order-2-created");
+    assert!(placed.new);
+}
+
+/// The retry a producer makes when it cannot tell whether its COMMIT
+/// landed (a timeout, a lost connection): with the request's idempotency
+/// key it places nothing twice and so sends nothing twice, even when the
+/// tries run at once.
+#[tokio::test]
+async fn a_retried_order_with_the_same_idempotency_key_sends_one_event() {
+    let mut db = fresh_db().await;
+    db.client.batch_execute(app::ORDERS_TABLE).await.unwrap();
+    let first = app::place_order(&mut db.client, "checkout-dave", "dave", 700)
+        .await
+        .unwrap();
+    let retry = app::place_order(&mut db.client, "checkout-dave", "dave", 700)
+        .await
+        .unwrap();
+    assert!(first.new && !retry.new);
+    assert_eq!(
+        (retry.order_id, &retry.event_id),
+        (first.order_id, &first.event_id)
+    );
+
+    // Concurrent tries of one new request: one order, one event.
+    let tries = (0..4).map(|_| {
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            app::place_order(&mut client, "checkout-erin", "erin", 900)
+                .await
+                .unwrap()
+        })
+    });
+    let placed: Vec<app::Placed> = joined(tries).await;
+    assert_eq!(placed.iter().filter(|p| p.new).count(), 1, "{placed:?}");
+    assert!(placed.iter().all(|p| p.order_id == placed[0].order_id));
+
+    let orders = count(&db.client, "SELECT count(*) FROM orders").await;
+    let events = count(&db.client, "SELECT count(*) FROM outbox.messages").await;
+    assert_eq!((orders, events), (2, 2), "one order and one event per key");
+}
+
+async fn joined<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        out.push(handle.await.unwrap());
+    }
+    out
 }
 
 /// The SQL string literals of docs/clients.md's `lang` blocks, with
