@@ -3,7 +3,8 @@
 //! compiled into this test binary (`#[path]` modules, so `cargo test`
 //! alone runs them, whichever targets it built), the SQL snippets run
 //! through `psql` exactly as their headers show, and the client snippets in
-//! docs/clients.md prepare against the real schema.
+//! docs/clients.md prepare against the real schema (client_examples.rs
+//! runs them).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -10,6 +10,7 @@ mod bench;
 mod claiming;
 mod cli;
 mod cli_first_use;
+mod client_examples;
 mod console;
 mod container;
 mod database_tls;
