@@ -668,3 +668,122 @@ fn alert_rules_parse_fire_as_tested_and_read_exported_metrics() {
         );
     }
 }
+
+/// The Dockerfile's instructions, continuation lines joined, comments out.
+fn dockerfile_instructions() -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in read(&repo().join("Dockerfile")).lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                let (keyword, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                instructions.push((keyword.to_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    instructions
+}
+
+/// `key="value"` pairs of a LABEL instruction.
+fn labels(args: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = args.trim();
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let (value, tail) = after.split_once('"').expect("a closing quote");
+        out.insert(key.trim().to_owned(), value.to_owned());
+        rest = tail.trim();
+    }
+    out
+}
+
+#[test]
+fn dockerfile_pins_its_base_images_and_labels_its_images() {
+    let instructions = dockerfile_instructions();
+    let args: BTreeMap<String, String> = instructions
+        .iter()
+        .filter(|(k, _)| k == "ARG")
+        .filter_map(|(_, a)| a.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let mut stages: Vec<String> = Vec::new();
+    // (image, labels, has an ENTRYPOINT) per stage.
+    let mut images: Vec<(String, BTreeMap<String, String>, bool)> = Vec::new();
+    for (keyword, rest) in &instructions {
+        match keyword.as_str() {
+            "FROM" => {
+                let mut words = rest.split_whitespace();
+                let mut image = words.next().unwrap().to_owned();
+                for (name, value) in &args {
+                    image = image.replace(&format!("${{{name}}}"), value);
+                }
+                if let (Some("AS"), Some(name)) = (words.next(), words.next()) {
+                    stages.push(name.to_owned());
+                }
+                images.push((image, BTreeMap::new(), false));
+            }
+            "LABEL" => images.last_mut().unwrap().1.extend(labels(rest)),
+            "ENTRYPOINT" => images.last_mut().unwrap().2 = true,
+            _ => {}
+        }
+    }
+    for (image, _, _) in &images {
+        if stages.contains(image) {
+            continue; // a stage of this file
+        }
+        let digest = image.split_once("@sha256:").map(|(_, d)| d);
+        let tag = image
+            .split('@')
+            .next()
+            .unwrap()
+            .rsplit_once(':')
+            .map(|(_, t)| t);
+        let exact_tag = tag.is_some_and(|t| {
+            let version = t.split('-').next().unwrap();
+            version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok())
+        });
+        let pinned =
+            digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(
+            exact_tag || pinned,
+            "{image}: pin a base image by an exact version tag or a digest"
+        );
+    }
+    let shipped: Vec<_> = images.iter().filter(|(_, _, entry)| *entry).collect();
+    assert_eq!(shipped.len(), 2, "outboxd and the example receiver");
+    for (image, labels, _) in shipped {
+        for key in [
+            "title",
+            "description",
+            "version",
+            "licenses",
+            "base.name",
+            "base.digest",
+        ] {
+            let key = format!("org.opencontainers.image.{key}");
+            assert!(labels.contains_key(&key), "{image}: no {key} label");
+        }
+        assert_eq!(
+            labels["org.opencontainers.image.version"],
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.licenses"],
+            env!("CARGO_PKG_LICENSE")
+        );
+        let (name, digest) = image.split_once('@').unwrap();
+        assert_eq!(labels["org.opencontainers.image.base.name"], name);
+        assert_eq!(labels["org.opencontainers.image.base.digest"], digest);
+    }
+    let outboxd = &images.last().unwrap().1;
+    assert_eq!(outboxd["org.opencontainers.image.title"], "outboxd");
+    assert_eq!(
+        outboxd["org.opencontainers.image.description"],
+        env!("CARGO_PKG_DESCRIPTION")
+    );
+}
