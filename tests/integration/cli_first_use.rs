@@ -383,3 +383,38 @@ async fn a_closed_stderr_does_not_stop_the_sidecar() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "a clean shutdown, not a panic");
 }
+
+/// What `outboxd --help` says about the environment holds: every setting
+/// of `run` (its actions aside) reads a variable, and so do the options
+/// accepted on every command.
+#[test]
+fn every_run_setting_reads_an_environment_variable_as_the_help_says() {
+    use clap::CommandFactory as _;
+    let mut cli = outboxd::cli::Cli::command();
+    cli.build();
+    let help = cli.render_long_help().to_string();
+    assert!(help.contains("Every setting of `run` does"), "{help}");
+    let run = cli.find_subcommand("run").unwrap();
+    let without: Vec<&str> = run
+        .get_arguments()
+        .filter(|arg| arg.get_env().is_none())
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !matches!(*long, "help" | "version" | "print-config"))
+        .collect();
+    assert!(
+        without.is_empty(),
+        "run flags without a variable: {without:?}"
+    );
+    for command in cli.get_subcommands() {
+        for arg in command.get_arguments() {
+            if matches!(arg.get_long(), Some("database-url" | "log-format")) {
+                assert!(
+                    arg.get_env().is_some(),
+                    "{}: {:?}",
+                    command.get_name(),
+                    arg.get_long()
+                );
+            }
+        }
+    }
+}
