@@ -1,6 +1,7 @@
 //! Where the outbox lives, for every command that connects: the
 //! `--database-url` option and the sessions made from it. Imports nothing
-//! from the rest of the CLI.
+//! from the rest of the CLI but `usage`: a missing or malformed URL is a
+//! usage error.
 
 use clap::Args;
 

@@ -1,7 +1,8 @@
 //! The command line: [`Cli`] and [`Command`] here, and one module per
 //! command that owns its options and runs it (`run` makes the validated
-//! [`Config`](crate::config::Config)). Shared pieces (`database`, `since`)
-//! import nothing from the rest of the CLI. `anyhow` is used only at this
+//! [`Config`](crate::config::Config)). Shared pieces import nothing from
+//! the rest of the CLI but `usage` (the exit-code scheme, which imports
+//! nothing): `database`, `tenant_guard`. `anyhow` is used only at this
 //! edge.
 
 mod adopt;
