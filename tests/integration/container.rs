@@ -1,11 +1,13 @@
-//! The container image, as far as it can be checked without a Docker
-//! engine: the Dockerfile's facts, the binary's shared libraries against
-//! what the distroless/cc runtime provides, and the binary run the way the
-//! image runs it (alone in a directory, an environment of `DATABASE_URL`
-//! and `OUTBOXD_*` only), health check included.
+//! The container image's definition, and its binary run the way the image
+//! runs it: the Dockerfile's facts, the test images' definition
+//! (.ci/Containerfile) in step with it, the binary's shared libraries
+//! against what the distroless/cc runtime provides, and the binary alone
+//! in a directory with an environment of `DATABASE_URL` and `OUTBOXD_*`
+//! only, health check included. None of this needs a container engine;
+//! image.rs and compose.rs run the built images under podman.
 //!
-//! The tests use the debug binary that `cargo test` builds; the release
-//! binary of the image links the same libraries.
+//! The tests here use the debug binary that `cargo test` builds; the
+//! release binary of the image links the same libraries.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,11 +33,12 @@ const DISTROLESS_CC_LIBRARIES: &[&str] = &[
     "libgcc_s.so.1",
 ];
 
-/// The Dockerfile's instructions as (KEYWORD, arguments), comments dropped
-/// and continuation lines joined.
-fn dockerfile() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
-        .expect("reading Dockerfile");
+/// A Dockerfile's instructions as (KEYWORD, arguments), comments dropped,
+/// continuation lines joined and runs of white space made one space.
+pub fn instructions(file: &str) -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut instructions = Vec::new();
     let mut current = String::new();
     for line in text.lines() {
@@ -44,11 +47,15 @@ fn dockerfile() -> Vec<(String, String)> {
             continue;
         }
         match line.strip_suffix('\\') {
-            Some(part) => current.push_str(part),
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
             None => {
                 current.push_str(line);
-                let (keyword, rest) = current.split_once(' ').unwrap_or((&current, ""));
-                instructions.push((keyword.to_uppercase(), rest.trim().to_owned()));
+                let joined = current.split_whitespace().collect::<Vec<_>>().join(" ");
+                let (keyword, rest) = joined.split_once(' ').unwrap_or((&joined, ""));
+                instructions.push((keyword.to_uppercase(), rest.to_owned()));
                 current.clear();
             }
         }
@@ -56,8 +63,27 @@ fn dockerfile() -> Vec<(String, String)> {
     instructions
 }
 
+/// The stages of a Dockerfile's instructions, each from its FROM on.
+pub fn stages(instructions: &[(String, String)]) -> Vec<&[(String, String)]> {
+    let starts: Vec<usize> = (0..instructions.len())
+        .filter(|&i| instructions[i].0 == "FROM")
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &start)| {
+            let end = starts.get(n + 1).copied().unwrap_or(instructions.len());
+            &instructions[start..end]
+        })
+        .collect()
+}
+
+fn dockerfile() -> Vec<(String, String)> {
+    instructions("Dockerfile")
+}
+
 /// A JSON-array (exec form) argument list.
-fn exec_form(arguments: &str) -> Vec<String> {
+pub fn exec_form(arguments: &str) -> Vec<String> {
     serde_json::from_str(arguments)
         .unwrap_or_else(|e| panic!("not an exec-form array: {arguments} ({e})"))
 }
@@ -152,6 +178,87 @@ fn dockerfile_builds_a_distroless_image_that_runs_outboxd_as_non_root() {
             !ignored.iter().any(|i| i.trim_end_matches('/') == needed),
             ".dockerignore must not drop {needed}: cargo build --locked needs it"
         );
+    }
+}
+
+/// What gcr.io/distroless/cc-debian12:nonroot sets in its image
+/// configuration, which the Dockerfile's runtime stages inherit and
+/// .ci/Containerfile's write out.
+const DISTROLESS_NONROOT_CONFIG: &[(&str, &str)] = &[
+    (
+        "ENV",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("ENV", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"),
+    ("WORKDIR", "/home/nonroot"),
+    ("USER", "65532"),
+];
+
+/// The images the tests run (.ci/Containerfile, built by .ci/container)
+/// are the Dockerfile's runtime stages on a base made here: the same
+/// stages, the distroless base's configuration, and from the binary's
+/// COPY on the same instructions (user, environment, port, health check,
+/// entrypoint, command), line for line.
+#[test]
+fn test_images_keep_in_step_with_the_dockerfile() {
+    let dockerfile = dockerfile();
+    let runtime: Vec<_> = stages(&dockerfile)
+        .into_iter()
+        .filter(|stage| {
+            stage[0]
+                .1
+                .starts_with("gcr.io/distroless/cc-debian12:nonroot")
+        })
+        .collect();
+    let test_file = instructions(".ci/Containerfile");
+    let tested = stages(&test_file);
+    assert_eq!(tested.len(), 2, "the receiver and outboxd");
+    assert_eq!(
+        runtime.len(),
+        tested.len(),
+        "one test stage per runtime stage"
+    );
+    for (ours, theirs) in tested.iter().zip(&runtime) {
+        let name =
+            |stage: &[(String, String)]| stage[0].1.split_once(" AS ").map(|(_, n)| n.to_owned());
+        assert_eq!(name(ours), name(theirs), "{ours:?}");
+        assert_eq!(ours[0].1.split(' ').next(), Some("scratch"));
+        assert_eq!(ours[1], ("ADD".to_owned(), "base.tar /".to_owned()));
+        let copy = ours.iter().position(|(k, _)| k == "COPY").expect("a COPY");
+        let base: Vec<(&str, &str)> = ours[2..copy]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(base, DISTROLESS_NONROOT_CONFIG);
+        // LABELs describe the published image (its base's digest among
+        // them); the test images, on a base made here, carry none.
+        let without_labels = |stage: &[(String, String)]| -> Vec<(String, String)> {
+            stage
+                .iter()
+                .filter(|(k, _)| k != "LABEL")
+                .cloned()
+                .collect()
+        };
+        let (ours, theirs) = (without_labels(&ours[copy..]), without_labels(&theirs[1..]));
+        assert_eq!(
+            ours.len(),
+            theirs.len(),
+            "{ours:#?}\nvs the Dockerfile's\n{theirs:#?}"
+        );
+        for (mine, dockerfile) in ours.iter().zip(&theirs) {
+            if mine.0 == "COPY" {
+                // The binary comes from the build here, from a build stage there.
+                let destination = |args: &str| args.rsplit(' ').next().unwrap().to_owned();
+                assert_eq!(dockerfile.0, "COPY");
+                assert_eq!(destination(&mine.1), destination(&dockerfile.1));
+                assert_eq!(mine.1.split(' ').count(), 2, "{mine:?}");
+            } else {
+                assert_eq!(
+                    mine, dockerfile,
+                    ".ci/Containerfile is behind the Dockerfile"
+                );
+            }
+        }
     }
 }
 

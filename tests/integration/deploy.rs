@@ -324,6 +324,14 @@ fn compose_wires_postgres_outboxd_and_the_example_receiver() {
     let mut healthcheck = strings(&outboxd["healthcheck"]["test"]);
     assert_eq!(healthcheck.remove(0), "CMD");
     assert_eq!(healthcheck, image_healthcheck());
+    // The postgres image's init scripts run on a server that listens on its
+    // Unix socket only: healthy must mean reachable over TCP, or `migrate`
+    // starts against a server about to shut down.
+    let pg_isready = strings(&services["postgres"]["healthcheck"]["test"]);
+    assert!(
+        pg_isready.windows(2).any(|w| w == ["-h", "127.0.0.1"]),
+        "{pg_isready:?}"
+    );
     let networks = compose["networks"]["outbox"]["ipam"]["config"][0]["subnet"].clone();
     assert_eq!(
         env["OUTBOXD_ALLOW_NETWORKS"],

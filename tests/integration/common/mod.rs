@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod podman;
 pub mod tls;
 pub mod tls_postgres;
 
