@@ -123,6 +123,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// The validated configuration.
+    ///
     /// Every mistake is a [`Usage`] error (exit 2), found before anything
     /// connects; `--print-config` checks exactly the same.
     pub fn config(&self) -> anyhow::Result<Config> {
