@@ -42,7 +42,7 @@ pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationTok
         let work = async {
             let connection = slot.get().await?;
             match (job, retention) {
-                (Job::Backlog, _) => publish_backlog(connection).await,
+                (Job::Backlog, _) => publish_backlog(&db, connection).await,
                 (Job::Purge, Some(retention)) => purge_once(connection, &retention, &shutdown)
                     .await
                     .map(|_| ()),
@@ -80,11 +80,19 @@ enum Job {
     Purge,
 }
 
-async fn publish_backlog(client: &Client) -> Result<(), DbError> {
-    let rows = client
-        .query(BACKLOG, &[])
-        .await
-        .map_err(DbError::during("reading the backlog"))?;
+async fn publish_backlog(db: &Db, client: &mut Client) -> Result<(), DbError> {
+    let during = DbError::during("reading the backlog");
+    let rows = if db.is_pooled() {
+        // In a transaction of its own: its settings hold only there.
+        let tx = db.transaction(client, "reading the backlog").await?;
+        let rows = tx.query(BACKLOG, &[]).await.map_err(during)?;
+        tx.commit()
+            .await
+            .map_err(DbError::during("reading the backlog"))?;
+        rows
+    } else {
+        client.query(BACKLOG, &[]).await.map_err(during)?
+    };
     for row in rows {
         let endpoint: String = row.get("endpoint_id");
         let oldest = row

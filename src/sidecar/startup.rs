@@ -60,6 +60,7 @@ pub enum SidecarError {
 /// schema version and the clocks. `Ok(false)`: shut down while waiting.
 pub(super) async fn prepare_database(
     db: &Db,
+    listen_db: &Db,
     config: &Config,
     migrate: bool,
     shutdown: &CancellationToken,
@@ -79,7 +80,7 @@ pub(super) async fn prepare_database(
         }
     };
     if migrate {
-        let applied = migrate::run(&mut client).await?;
+        let applied = migrate::run_on(db, &mut client).await?;
         tracing::info!(?applied, "migrations applied");
     }
     let needed = MIGRATIONS.last().map_or(0, |m| m.version);
@@ -89,7 +90,11 @@ pub(super) async fn prepare_database(
         return Err(SidecarError::NotMigrated { found, needed });
     }
     if config.wakeup == Wakeup::Logical {
-        logical::check(&client).await?;
+        if config.listen_database_url.is_some() {
+            logical::check(&listen_db.connect().await?).await?;
+        } else {
+            logical::check(&client).await?;
+        }
     }
     warn_on_clock_skew(&client).await?;
     Ok(true)
@@ -97,8 +102,9 @@ pub(super) async fn prepare_database(
 
 /// `webhook-timestamp` uses our clock, leases use the database's.
 async fn warn_on_clock_skew(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    // Unnamed (no named statement through a pooler).
     let db_now: SystemTime = client
-        .query_one(CLOCK_NOW, &[])
+        .query_typed_one(CLOCK_NOW, &[])
         .await
         .map_err(DbError::during("reading the database clock"))?
         .get(0);

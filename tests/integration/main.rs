@@ -25,6 +25,7 @@ mod logical;
 mod migrations;
 mod operations;
 mod ordering;
+mod pooler;
 mod recovery;
 mod retries;
 mod roles;

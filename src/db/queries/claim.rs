@@ -30,8 +30,8 @@ impl Queries {
         // the first answer.
         let both = async {
             tokio::try_join!(
-                self.client.query_one(&self.route, &[&ROUTE_BATCH]),
-                self.client.query(&self.claim, &claim_params)
+                self.query_one(&self.route, &[&ROUTE_BATCH]),
+                self.query(&self.claim, &claim_params)
             )
         };
         let (routed, rows) = within(
