@@ -33,4 +33,5 @@ mod schema;
 mod shutdown;
 mod tenants;
 mod tls;
+mod topologies;
 mod validation;
