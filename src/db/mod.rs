@@ -453,7 +453,11 @@ mod tests {
             .with_async_commit()
             .with_pooler(Pooler::Transaction)
             .with_pinned_search_path();
-        assert_eq!(pooled.config.get_options(), None, "no startup option at all");
+        assert_eq!(
+            pooled.config.get_options(),
+            None,
+            "no startup option at all"
+        );
         assert_eq!(
             pooled.local_settings(),
             "SET LOCAL synchronous_commit = off; SET LOCAL search_path = pg_catalog, pg_temp"

@@ -100,7 +100,10 @@ pub(super) async fn prepare_database(
     Ok(true)
 }
 
-/// `webhook-timestamp` uses our clock, leases use the database's.
+/// Leases, schedules and `webhook-timestamp` all follow the database's
+/// clock (see `Job::now`), so a skewed local clock harms nothing; a skew
+/// is still worth a warning, since one of the two clocks is wrong and
+/// receivers reject timestamps far from their own.
 async fn warn_on_clock_skew(client: &tokio_postgres::Client) -> Result<(), DbError> {
     // Unnamed (no named statement through a pooler).
     let db_now: SystemTime = client
@@ -116,7 +119,8 @@ async fn warn_on_clock_skew(client: &tokio_postgres::Client) -> Result<(), DbErr
     if skew > CLOCK_SKEW_WARNING {
         tracing::warn!(
             skew_secs = skew.as_secs(),
-            "this machine's clock and the database's differ; receivers may reject webhook-timestamp"
+            "this machine's clock and the database's differ; webhook-timestamp follows the database's clock, \
+             check that one (receivers reject timestamps far from their own)"
         );
     }
     Ok(())

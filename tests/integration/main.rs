@@ -9,6 +9,7 @@ mod asymmetric;
 mod bench;
 mod claiming;
 mod cli;
+mod clock;
 mod console;
 mod container;
 mod database_tls;

@@ -66,6 +66,7 @@ impl Queries {
                 age_at_claim: Duration::try_from_secs_f64(row.get::<_, f64>("age_secs"))
                     .unwrap_or_default(),
                 claimed_at,
+                db_now_at_claim: row.get("db_now"),
                 tls: EndpointTls {
                     ca_pem: row.get("ca_pem"),
                     client_cert_pem: row.get("client_cert_pem"),

@@ -26,14 +26,14 @@ static PGBOUNCER: OnceLock<Option<PgBouncer>> = OnceLock::new();
 const BINARY: &str = "/usr/sbin/pgbouncer";
 
 /// The test cluster's PgBouncer, or `None` (with a message saying why) when
-/// PgBouncer is not installed: `.ci/install-pgbouncer` installs it.
+/// PgBouncer is not installed: `.ci/install-test-tools` installs it.
 pub fn pgbouncer() -> Option<&'static PgBouncer> {
     PGBOUNCER
         .get_or_init(|| {
             let binary = std::env::var("OUTBOXD_TEST_PGBOUNCER").unwrap_or_else(|_| BINARY.into());
             if !std::path::Path::new(&binary).is_file() {
                 eprintln!(
-                    "SKIPPED: no PgBouncer at {binary} (Debian: apt-get install pgbouncer, or bash .ci/install-pgbouncer)"
+                    "SKIPPED: no PgBouncer at {binary} (Debian: apt-get install pgbouncer, or bash .ci/install-test-tools)"
                 );
                 return None;
             }
