@@ -56,6 +56,21 @@ pub enum DbError {
         /// The driver's error (SQLSTATE, message).
         cause: tokio_postgres::Error,
     },
+    /// The server refused the connection's startup options: a
+    /// transaction-mode pooler (PgBouncer: `unsupported startup parameter:
+    /// options`), which retrying will not change.
+    #[error(
+        "{context}: {}: a transaction-mode pooler refuses startup options; \
+         `outboxd run` needs --pooler transaction (OUTBOXD_POOLER) there, \
+         other commands but `migrate` a direct URL",
+        Chain(.cause)
+    )]
+    StartupRefused {
+        /// What outboxd was doing.
+        context: &'static str,
+        /// The driver's error.
+        cause: tokio_postgres::Error,
+    },
     /// The server closed the connection without saying why.
     #[error("{context}: the connection closed")]
     Closed {
@@ -112,7 +127,7 @@ impl DbError {
     /// i.e. whether reconnecting is the cure.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Self::BadUrl(_) | Self::Tls(_) => false,
+            Self::BadUrl(_) | Self::Tls(_) | Self::StartupRefused { .. } => false,
             Self::Unresponsive { .. } | Self::Closed { .. } => true,
             Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
                 cause.is_closed()
@@ -346,7 +361,17 @@ impl Db {
         let context = self.connect_context;
         let connecting = self.config.connect(self.tls.clone());
         match tokio::time::timeout(HANDSHAKE_DEADLINE, connecting).await {
-            Ok(opened) => opened.map_err(DbError::during(context)),
+            Ok(opened) => opened.map_err(|cause| {
+                let refused = cause.as_db_error().is_some_and(|db| {
+                    *db.code() == tokio_postgres::error::SqlState::PROTOCOL_VIOLATION
+                        && db.message().contains("startup parameter")
+                });
+                if refused {
+                    DbError::StartupRefused { context, cause }
+                } else {
+                    DbError::during(context)(cause)
+                }
+            }),
             Err(_) => Err(DbError::Unresponsive {
                 context,
                 after: HANDSHAKE_DEADLINE,

@@ -188,3 +188,19 @@ async fn migrate_works_through_the_pooler() {
         newest
     );
 }
+
+#[tokio::test]
+async fn without_pooler_transaction_the_sidecar_stops_at_start_saying_what_to_set() {
+    let Some(pooler) = pgbouncer() else { return };
+    let db = fresh_db().await;
+    let mut cfg = config(&db);
+    cfg.database_url = DatabaseUrl::new(pooler.url(&db));
+    let ran = tokio::time::timeout(
+        Duration::from_secs(20),
+        outboxd::sidecar::run(cfg, false, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("fails at once instead of retrying forever");
+    let error = ran.unwrap_err().to_string();
+    assert!(error.contains("--pooler transaction"), "{error}");
+}
