@@ -43,7 +43,7 @@ pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationTok
             let connection = slot.get().await?;
             match (job, retention) {
                 (Job::Backlog, _) => publish_backlog(&db, connection).await,
-                (Job::Purge, Some(retention)) => purge_once(connection, &retention, &shutdown)
+                (Job::Purge, Some(retention)) => purge_once(&db, connection, &retention, &shutdown)
                     .await
                     .map(|_| ()),
                 (Job::Purge, None) => Ok(()),
@@ -114,9 +114,11 @@ pub struct Purged {
     pub events: u64,
 }
 
-/// One purge round over every table; skipped (all zero) when another
-/// replica holds the purge lock.
+/// One purge round over every table, on `client`, a connection to `db`
+/// (whose settings each transaction takes, behind a pooler); skipped (all
+/// zero) when another replica holds the purge lock.
 pub async fn purge_once(
+    db: &Db,
     client: &mut Client,
     retention: &Retention,
     shutdown: &CancellationToken,
@@ -127,6 +129,7 @@ pub async fn purge_once(
     let mut after = 0i64;
     while !shutdown.is_cancelled() {
         let Some(page) = page(
+            db,
             client,
             PURGE_DELIVERIES,
             &[&after, &finished, &dead, &PURGE_PAGE],
@@ -144,7 +147,7 @@ pub async fn purge_once(
     after = 0;
     let oldest = finished.min(dead);
     while !shutdown.is_cancelled() {
-        let Some(page) = page(client, PURGE_MESSAGES, &[&after, &oldest, &PURGE_PAGE]).await?
+        let Some(page) = page(db, client, PURGE_MESSAGES, &[&after, &oldest, &PURGE_PAGE]).await?
         else {
             return Ok(purged);
         };
@@ -155,10 +158,7 @@ pub async fn purge_once(
         }
     }
     loop {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(DbError::during("purging events"))?;
+        let tx = db.transaction(client, "purging events").await?;
         let deleted = tx
             .execute(PURGE_EVENTS, &[&dead, &PURGE_PAGE])
             .await
@@ -189,12 +189,12 @@ struct Page {
 /// One page in its own short transaction, under the purge lock. `None`
 /// when another replica holds the lock.
 async fn page(
+    db: &Db,
     client: &mut Client,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Option<Page>, DbError> {
-    let during = DbError::during("purging old rows");
-    let tx = client.transaction().await.map_err(during)?;
+    let tx = db.transaction(client, "purging old rows").await?;
     let locked: bool = tx
         .query_one(PURGE_TRY_LOCK, &[&locks::PURGE.id])
         .await
