@@ -35,6 +35,7 @@ use crate::console::{self, Console};
 use crate::db::slot::Slot;
 use crate::db::{Db, DbError};
 use crate::telemetry;
+use tokio_postgres::SimpleQueryMessage;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -78,8 +79,11 @@ impl Readiness {
             .await
             .map_err(|_| "database: connect timed out".to_owned())?
             .map_err(|e| format!("database: {e}"))?;
+        // A simple query (no named statement, no session state): it works
+        // through a transaction-mode pooler too.
+        let probe_sql = "SELECT pg_catalog.current_setting('transaction_read_only')";
         let answered =
-            match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
+            match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query(probe_sql)).await {
                 Ok(answered) => answered.map_err(DbError::during("probing the database")),
                 Err(_) => Err(DbError::Unresponsive {
                     context: "probing the database",
@@ -87,8 +91,20 @@ impl Readiness {
                 }),
             };
         match answered {
-            Ok(_) => {
+            Ok(messages) => {
                 probe.succeeded();
+                let read_only = messages
+                    .iter()
+                    .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("on")));
+                if read_only {
+                    // A new connection may reach the new primary.
+                    *probe = Slot::new(probe.db(), "readiness");
+                    return Err(
+                        "database is read-only (a standby, or default_transaction_read_only): \
+                                no claims until it is writable"
+                            .into(),
+                    );
+                }
                 Ok(())
             }
             Err(error) => {

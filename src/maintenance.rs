@@ -43,8 +43,8 @@ pub async fn run(db: Db, retention: Option<Retention>, shutdown: CancellationTok
         let work = async {
             let connection = slot.get().await?;
             match (job, retention) {
-                (Job::Backlog, _) => publish_backlog(connection).await,
-                (Job::Purge, Some(retention)) => purge_once(connection, &retention, &shutdown)
+                (Job::Backlog, _) => publish_backlog(&db, connection).await,
+                (Job::Purge, Some(retention)) => purge_once(&db, connection, &retention, &shutdown)
                     .await
                     .map(|_| ()),
                 (Job::Purge, None) => Ok(()),
@@ -81,11 +81,19 @@ enum Job {
     Purge,
 }
 
-async fn publish_backlog(client: &Client) -> Result<(), DbError> {
-    let rows = client
-        .query(BACKLOG, &[])
-        .await
-        .map_err(DbError::during("reading the backlog"))?;
+async fn publish_backlog(db: &Db, client: &mut Client) -> Result<(), DbError> {
+    let during = DbError::during("reading the backlog");
+    let rows = if db.is_pooled() {
+        // In a transaction of its own: its settings hold only there.
+        let tx = db.transaction(client, "reading the backlog").await?;
+        let rows = tx.query(BACKLOG, &[]).await.map_err(during)?;
+        tx.commit()
+            .await
+            .map_err(DbError::during("reading the backlog"))?;
+        rows
+    } else {
+        client.query(BACKLOG, &[]).await.map_err(during)?
+    };
     for row in rows {
         let endpoint: String = row.get("endpoint_id");
         let oldest = row
@@ -115,9 +123,11 @@ pub struct Purged {
     pub events: u64,
 }
 
-/// One purge round over every table; skipped (all zero) when another
-/// replica holds the purge lock.
+/// One purge round over every table, on `client`, a connection to `db`
+/// (whose settings each transaction takes, behind a pooler); skipped (all
+/// zero) when another replica holds the purge lock.
 pub async fn purge_once(
+    db: &Db,
     client: &mut Client,
     retention: &Retention,
     shutdown: &CancellationToken,
@@ -128,6 +138,7 @@ pub async fn purge_once(
     let mut after = 0i64;
     while !shutdown.is_cancelled() {
         let Some(page) = page(
+            db,
             client,
             PURGE_DELIVERIES,
             &[&after, &finished, &dead, &PURGE_PAGE],
@@ -145,7 +156,7 @@ pub async fn purge_once(
     after = 0;
     let oldest = finished.min(dead);
     while !shutdown.is_cancelled() {
-        let Some(page) = page(client, PURGE_MESSAGES, &[&after, &oldest, &PURGE_PAGE]).await?
+        let Some(page) = page(db, client, PURGE_MESSAGES, &[&after, &oldest, &PURGE_PAGE]).await?
         else {
             return Ok(purged);
         };
@@ -156,10 +167,7 @@ pub async fn purge_once(
         }
     }
     loop {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(DbError::during("purging events"))?;
+        let tx = db.transaction(client, "purging events").await?;
         let deleted = tx
             .execute(PURGE_EVENTS, &[&dead, &PURGE_PAGE])
             .await
@@ -190,12 +198,12 @@ struct Page {
 /// One page in its own short transaction, under the purge lock. `None`
 /// when another replica holds the lock.
 async fn page(
+    db: &Db,
     client: &mut Client,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Option<Page>, DbError> {
-    let during = DbError::during("purging old rows");
-    let tx = client.transaction().await.map_err(during)?;
+    let tx = db.transaction(client, "purging old rows").await?;
     let locked: bool = tx
         .query_one(PURGE_TRY_LOCK, &[&locks::PURGE.id])
         .await

@@ -80,6 +80,7 @@ fn job(bench: &Bench, payload: &str) -> Job {
         headers: "{}".into(),
         age_at_claim: Duration::ZERO,
         claimed_at: Instant::now(),
+        db_now_at_claim: std::time::SystemTime::now(),
         tls: EndpointTls::default(),
         retry_schedule: None,
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::database::DatabaseArgs;
 use super::usage::Usage;
-use crate::config::{Config, ConsoleToken, Retention, Wakeup, defaults};
+use crate::config::{Config, ConsoleToken, DatabaseUrl, Pooler, Retention, Wakeup, defaults};
 use crate::db::migrate;
 use crate::retry::{self, RetryPolicy};
 
@@ -25,6 +25,19 @@ Examples:
 pub struct RunArgs {
     #[command(flatten, next_help_heading = "Database")]
     database: DatabaseArgs,
+    /// What DATABASE_URL reaches: none (the server, or a session-mode pooler) or transaction (a
+    /// transaction-mode pooler: PgBouncer, RDS Proxy, Supavisor on 6543); see README.
+    #[arg(long, help_heading = "Database", env = "OUTBOXD_POOLER", value_enum, default_value_t = Pooler::None)]
+    pooler: Pooler,
+    /// A direct, unpooled URL used only for the wake-up (LISTEN or the logical slot); with
+    /// --pooler transaction and none, outboxd polls.
+    #[arg(
+        long,
+        help_heading = "Database",
+        env = "OUTBOXD_LISTEN_DATABASE_URL",
+        hide_env_values = true
+    )]
+    listen_database_url: Option<String>,
     /// Apply pending migrations before starting.
     #[arg(long, help_heading = "Database", env = "OUTBOXD_MIGRATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub migrate: bool,
@@ -129,6 +142,8 @@ impl RunArgs {
     pub fn config(&self) -> anyhow::Result<Config> {
         let config = Config {
             database_url: self.database.url()?,
+            pooler: self.pooler,
+            listen_database_url: self.listen_database_url.clone().map(DatabaseUrl::new),
             wakeup: self.wakeup,
             poll_interval: self.poll_interval,
             logical_interval: self.logical_interval,
@@ -185,10 +200,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies pending migrations and says which.
+/// Applies pending migrations and says which. Always as through a
+/// transaction-mode pooler (no startup options; one transaction with its
+/// settings as `SET LOCAL`), which works on a direct connection too.
 pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
-    let mut client = args.connect().await?;
-    let applied = migrate::run(&mut client).await?;
+    let db = args
+        .db()?
+        .with_pooler(Pooler::Transaction)
+        .with_pinned_search_path();
+    let mut client = db.connect().await?;
+    let applied = migrate::run_on(&db, &mut client).await?;
     if applied.is_empty() {
         println!("outbox schema is up to date");
     }

@@ -72,6 +72,20 @@ pub enum Wakeup {
     Poll,
 }
 
+/// What stands between outboxd and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Pooler {
+    /// A direct connection (or a session-mode pooler): session settings
+    /// as startup options, statements prepared once per connection.
+    #[default]
+    None,
+    /// A transaction-mode pooler (PgBouncer, RDS Proxy, Supavisor on
+    /// 6543): no startup options, settings per transaction (`SET LOCAL`),
+    /// no named statement reused across transactions, no `LISTEN` on it.
+    Transaction,
+}
+
 /// What the retention purge deletes, and how often it looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -100,6 +114,13 @@ impl Default for Retention {
 pub struct Config {
     /// Where the outbox lives.
     pub database_url: DatabaseUrl,
+    /// What `database_url` reaches: the server, or a transaction-mode
+    /// pooler in front of it.
+    pub pooler: Pooler,
+    /// A direct (unpooled) URL for the wake-up alone (`LISTEN` or the
+    /// logical slot); `None`: `database_url`. Without it, behind a
+    /// transaction-mode pooler, the sidecar polls.
+    pub listen_database_url: Option<DatabaseUrl>,
     /// How new rows are noticed between polls.
     pub wakeup: Wakeup,
     /// The safety-net state poll; new rows normally arrive by wake-up.
@@ -192,6 +213,8 @@ impl Config {
         let parse = |text| humantime::parse_duration(text).expect("defaults are valid durations");
         Self {
             database_url,
+            pooler: Pooler::None,
+            listen_database_url: None,
             wakeup: Wakeup::Notify,
             poll_interval: parse(defaults::POLL_INTERVAL),
             logical_interval: parse(defaults::LOGICAL_INTERVAL),
@@ -213,6 +236,17 @@ impl Config {
             reconnect_max: parse(defaults::RECONNECT_MAX),
             async_commit: false,
             console_token: None,
+        }
+    }
+
+    /// The wake-up mode that will really run: behind a transaction-mode
+    /// pooler without a direct listen URL, a pooled session cannot hold a
+    /// `LISTEN` or a replication slot, so the sidecar polls.
+    pub fn effective_wakeup(&self) -> Wakeup {
+        if self.pooler == Pooler::Transaction && self.listen_database_url.is_none() {
+            Wakeup::Poll
+        } else {
+            self.wakeup
         }
     }
 
@@ -278,6 +312,13 @@ impl Config {
         let duration = |d: Duration| humantime::format_duration(d).to_string();
         let mut lines = vec![
             ("database_url", format!("{:?}", self.database_url)),
+            ("pooler", format!("{:?}", self.pooler).to_lowercase()),
+            (
+                "listen_database_url",
+                self.listen_database_url
+                    .as_ref()
+                    .map_or("(database_url)".into(), |url| format!("{url:?}")),
+            ),
             ("wakeup", format!("{:?}", self.wakeup).to_lowercase()),
             ("poll_interval", duration(self.poll_interval)),
             ("logical_interval", duration(self.logical_interval)),
@@ -380,6 +421,17 @@ mod tests {
             c.validate(),
             Err(ConfigError::ZeroDuration("--reconnect-max"))
         );
+    }
+
+    #[test]
+    fn behind_a_transaction_pooler_without_a_listen_url_the_sidecar_polls() {
+        let mut c = config();
+        assert_eq!(c.effective_wakeup(), Wakeup::Notify);
+        c.pooler = Pooler::Transaction;
+        assert_eq!(c.effective_wakeup(), Wakeup::Poll);
+        c.wakeup = Wakeup::Logical;
+        c.listen_database_url = Some(DatabaseUrl::new("postgres://u@direct/d"));
+        assert_eq!(c.effective_wakeup(), Wakeup::Logical);
     }
 
     #[test]

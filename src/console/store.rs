@@ -67,8 +67,21 @@ impl Store {
                 .map_err(|e| StoreError(e.to_string()))?;
             *slot = Some(client);
         }
-        let client = slot.as_ref().expect("connected just above");
-        match tokio::time::timeout(DEADLINE, client.query(sql, params)).await {
+        let client = slot.as_mut().expect("connected just above");
+        let db = &self.db;
+        let query = async {
+            if !db.is_pooled() {
+                return client.query(sql, params).await;
+            }
+            // Behind a transaction-mode pooler, in a transaction of its
+            // own: the settings and the named statement hold only there.
+            let tx = client.transaction().await?;
+            tx.batch_execute(&db.local_settings()).await?;
+            let rows = tx.query(sql, params).await?;
+            tx.commit().await?;
+            Ok(rows)
+        };
+        match tokio::time::timeout(DEADLINE, query).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(error)) => Err(StoreError(describe(error))),
             Err(_) => {

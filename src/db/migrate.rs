@@ -5,7 +5,7 @@
 
 use tokio_postgres::Client;
 
-use super::{DbError, locks};
+use super::{Db, DbError, locks};
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +62,20 @@ pub async fn run(client: &mut Client) -> Result<Vec<&'static str>, DbError> {
         .transaction()
         .await
         .map_err(DbError::during("starting the migration transaction"))?;
+    apply(tx).await
+}
+
+/// [`run`] on a connection to `db`, with `db`'s settings on the
+/// transaction: all in one transaction, so this works through a
+/// transaction-mode pooler as well.
+pub async fn run_on(db: &Db, client: &mut Client) -> Result<Vec<&'static str>, DbError> {
+    let tx = db
+        .transaction(client, "starting the migration transaction")
+        .await?;
+    apply(tx).await
+}
+
+async fn apply(tx: tokio_postgres::Transaction<'_>) -> Result<Vec<&'static str>, DbError> {
     tx.execute(LOCK, &[&locks::MIGRATION])
         .await
         .map_err(DbError::during("taking the migration lock"))?;
@@ -106,8 +120,10 @@ pub async fn schema_version(client: &Client) -> Result<i32, DbError> {
 /// Every applied migration's version; none when the schema does not exist.
 pub async fn applied_versions(client: &Client) -> Result<Vec<i32>, DbError> {
     let during = DbError::during("reading the schema version");
+    // Unnamed statements: one round trip each, and they work through a
+    // transaction-mode pooler.
     let exists: bool = client
-        .query_one(TABLE_EXISTS, &[])
+        .query_typed_one(TABLE_EXISTS, &[])
         .await
         .map_err(during)?
         .get(0);
@@ -115,7 +131,7 @@ pub async fn applied_versions(client: &Client) -> Result<Vec<i32>, DbError> {
         return Ok(Vec::new());
     }
     let rows = client
-        .query(APPLIED, &[])
+        .query_typed(APPLIED, &[])
         .await
         .map_err(DbError::during("reading the schema version"))?;
     Ok(rows.iter().map(|row| row.get(0)).collect())

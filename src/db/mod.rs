@@ -19,7 +19,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::DatabaseUrl;
+use crate::config::{DatabaseUrl, Pooler};
 use tls::TlsSettings;
 
 /// The stream of an encrypted connection (a plain one does not use it).
@@ -59,6 +59,21 @@ pub enum DbError {
         /// What outboxd was doing.
         context: &'static str,
         /// The driver's error (SQLSTATE, message).
+        cause: tokio_postgres::Error,
+    },
+    /// The server refused the connection's startup options: a
+    /// transaction-mode pooler (PgBouncer: `unsupported startup parameter:
+    /// options`), which retrying will not change.
+    #[error(
+        "{context}: {}: a transaction-mode pooler refuses startup options; \
+         `outboxd run` needs --pooler transaction (OUTBOXD_POOLER) there, \
+         other commands but `migrate` a direct URL",
+        Chain(.cause)
+    )]
+    StartupRefused {
+        /// What outboxd was doing.
+        context: &'static str,
+        /// The driver's error.
         cause: tokio_postgres::Error,
     },
     /// The server closed the connection without saying why.
@@ -123,7 +138,7 @@ impl DbError {
     /// i.e. whether reconnecting is the cure.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Self::BadUrl(_) | Self::Tls(_) => false,
+            Self::BadUrl(_) | Self::Tls(_) | Self::StartupRefused { .. } => false,
             Self::Unresponsive { .. } | Self::Closed { .. } => true,
             Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
                 cause.is_closed()
@@ -134,6 +149,20 @@ impl DbError {
                         c.code().starts_with("08") || c.code().starts_with("57P")
                     })
             }
+        }
+    }
+
+    /// Whether the server refused to write because it is read-only
+    /// (SQLSTATE 25006, read_only_sql_transaction): a standby, or
+    /// `default_transaction_read_only` during maintenance. Nothing was
+    /// written, so no retry or lease was spent; reconnecting may reach the
+    /// new primary (`target_session_attrs=read-write`).
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Self::Migration { cause, .. } | Self::Postgres { cause, .. } => {
+                cause.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+            }
+            _ => false,
         }
     }
 
@@ -165,6 +194,14 @@ pub struct Db {
     connect_context: &'static str,
     /// Cap of the reconnect backoff of every component using this database.
     reconnect_max: Duration,
+    /// What the connections go through; decides how `settings` are sent.
+    pooler: Pooler,
+    /// Server settings of every session (name, value): startup options on
+    /// a direct connection, `SET LOCAL` per transaction behind a pooler.
+    settings: Vec<(&'static str, &'static str)>,
+    /// The driver's settings as the URL gave them; `config` is this plus
+    /// the startup options.
+    base: tokio_postgres::Config,
 }
 
 impl Db {
@@ -191,10 +228,13 @@ impl Db {
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(30));
         Ok(Self {
+            base: config.clone(),
             config,
             connect_context: tls.connect_context(),
             tls: tls.connector()?,
             reconnect_max: Backoff::DEFAULT_MAX,
+            pooler: Pooler::None,
+            settings: Vec::new(),
         })
     }
 
@@ -204,7 +244,7 @@ impl Db {
     /// of a second: claims and outcomes lost that way only make deliveries
     /// due again (at least once still holds; nothing is lost).
     pub fn with_async_commit(mut self) -> Self {
-        self.add_option("-c synchronous_commit=off");
+        self.add_setting("synchronous_commit", "off");
         self
     }
 
@@ -214,17 +254,92 @@ impl Db {
     /// than the built-in would otherwise run with the sidecar's rights.
     /// Every outboxd statement qualifies its own objects (`outbox.`).
     pub fn with_pinned_search_path(mut self) -> Self {
-        self.add_option("-c search_path=pg_catalog,pg_temp");
+        self.add_setting("search_path", "pg_catalog, pg_temp");
         self
     }
 
-    /// Appends a server setting to the connection's startup options.
-    fn add_option(&mut self, option: &str) {
-        let options = match self.config.get_options() {
-            Some(existing) => format!("{existing} {option}"),
-            None => option.to_owned(),
-        };
-        self.config.options(&options);
+    /// Connections go through `pooler`. Behind a transaction-mode pooler
+    /// no session survives a transaction, so the settings above are sent
+    /// per transaction ([`local_settings`](Self::local_settings)) instead
+    /// of as startup options, which such a pooler refuses.
+    pub fn with_pooler(mut self, pooler: Pooler) -> Self {
+        self.pooler = pooler;
+        self.apply_settings();
+        self
+    }
+
+    /// What the connections go through.
+    pub fn pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// Whether every statement must carry its own settings and run
+    /// without a named statement (a transaction-mode pooler).
+    pub fn is_pooled(&self) -> bool {
+        self.pooler == Pooler::Transaction
+    }
+
+    fn add_setting(&mut self, name: &'static str, value: &'static str) {
+        self.settings.retain(|(n, _)| *n != name);
+        self.settings.push((name, value));
+        self.apply_settings();
+    }
+
+    /// The settings as startup options (`-c name=value`) after those of
+    /// the URL, unless pooled: a transaction-mode pooler refuses any.
+    fn apply_settings(&mut self) {
+        let mut options: Vec<String> = self
+            .base
+            .get_options()
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        if !self.is_pooled() {
+            options.extend(
+                self.settings
+                    .iter()
+                    .map(|(name, value)| format!("-c {name}={}", value.replace(' ', ""))),
+            );
+        }
+        self.config = self.base.clone();
+        // An empty `options` is still a startup option, which a
+        // transaction-mode pooler refuses: set it only when there is one.
+        if !options.is_empty() {
+            self.config.options(options.join(" "));
+        }
+    }
+
+    /// `SET LOCAL` statements for the settings (semicolon-separated, empty
+    /// unless pooled), for the start of each transaction.
+    pub fn local_settings(&self) -> String {
+        if !self.is_pooled() {
+            return String::new();
+        }
+        self.settings
+            .iter()
+            .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Opens a transaction on `client` with this database's settings
+    /// (`SET LOCAL`, when pooled; as startup options they already hold).
+    pub async fn transaction<'a>(
+        &self,
+        client: &'a mut Client,
+        context: &'static str,
+    ) -> Result<tokio_postgres::Transaction<'a>, DbError> {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(DbError::during(context))?;
+        let settings = self.local_settings();
+        if !settings.is_empty() {
+            tx.batch_execute(&settings)
+                .await
+                .map_err(DbError::during(context))?;
+        }
+        Ok(tx)
     }
 
     /// Caps the reconnect backoff handed out by [`backoff`](Self::backoff).
@@ -257,7 +372,17 @@ impl Db {
         let context = self.connect_context;
         let connecting = self.config.connect(self.tls.clone());
         match tokio::time::timeout(HANDSHAKE_DEADLINE, connecting).await {
-            Ok(opened) => opened.map_err(DbError::during(context)),
+            Ok(opened) => opened.map_err(|cause| {
+                let refused = cause.as_db_error().is_some_and(|db| {
+                    *db.code() == tokio_postgres::error::SqlState::PROTOCOL_VIOLATION
+                        && db.message().contains("startup parameter")
+                });
+                if refused {
+                    DbError::StartupRefused { context, cause }
+                } else {
+                    DbError::during(context)(cause)
+                }
+            }),
             Err(_) => Err(DbError::Unresponsive {
                 context,
                 after: HANDSHAKE_DEADLINE,
@@ -343,6 +468,36 @@ mod tests {
         assert!(backoff.next_delay() <= Duration::from_millis(125));
         let mut tiny = Backoff::with_max(Duration::from_millis(20));
         assert!(tiny.next_delay() <= Duration::from_millis(25));
+    }
+
+    #[test]
+    fn settings_are_startup_options_unless_behind_a_transaction_pooler() {
+        let url = DatabaseUrl::new("postgres://u@h/d?options=-c%20work_mem%3D8MB");
+        let direct = Db::new(&url)
+            .unwrap()
+            .with_pinned_search_path()
+            .with_async_commit();
+        assert_eq!(
+            direct.config.get_options(),
+            Some("-c work_mem=8MB -c search_path=pg_catalog,pg_temp -c synchronous_commit=off")
+        );
+        assert_eq!(direct.local_settings(), "");
+
+        let plain = DatabaseUrl::new("postgres://u@h/d");
+        let pooled = Db::new(&plain)
+            .unwrap()
+            .with_async_commit()
+            .with_pooler(Pooler::Transaction)
+            .with_pinned_search_path();
+        assert_eq!(
+            pooled.config.get_options(),
+            None,
+            "no startup option at all"
+        );
+        assert_eq!(
+            pooled.local_settings(),
+            "SET LOCAL synchronous_commit = off; SET LOCAL search_path = pg_catalog, pg_temp"
+        );
     }
 
     #[tokio::test]

@@ -106,10 +106,11 @@ impl<S: Session> Slot<S> {
     }
 
     /// Work on the session failed with `error`: a lost connection is
-    /// dropped (the next [`get`](Self::get) reconnects). Returns how long
-    /// to wait before trying again.
+    /// dropped (the next [`get`](Self::get) reconnects), and so is one to a
+    /// read-only server (after a failover a new connection may reach the
+    /// new primary). Returns how long to wait before trying again.
     pub fn failed(&mut self, error: &DbError) -> Duration {
-        if error.is_connection_lost() {
+        if error.is_connection_lost() || error.is_read_only() {
             self.session = None;
         }
         self.backoff.next_delay()

@@ -74,11 +74,25 @@ pub struct Job {
     pub age_at_claim: Duration,
     /// When the claim was read, on the local monotonic clock.
     pub claimed_at: Instant,
+    /// The database's clock during the claim: with the monotonic time
+    /// since [`claimed_at`](Self::claimed_at), what "now" means for
+    /// `webhook-timestamp` (see [`Job::now`]).
+    pub db_now_at_claim: SystemTime,
     /// Endpoint's own TLS settings.
     pub tls: EndpointTls,
     /// The endpoint's own retry schedule (`endpoints.retry_schedule`),
     /// overriding the sidecar's; `None` for the sidecar's.
     pub retry_schedule: Option<Vec<Duration>>,
+}
+
+impl Job {
+    /// Now by the database's clock: its time at the claim plus the local
+    /// monotonic time since. The local wall clock is never read, so a
+    /// sidecar whose clock is hours off still signs timestamps receivers
+    /// accept (they compare with their own, NTP-synchronised, clocks).
+    pub fn now(&self) -> SystemTime {
+        self.db_now_at_claim + self.claimed_at.elapsed()
+    }
 }
 
 impl fmt::Debug for Job {

@@ -55,7 +55,8 @@ impl Deliverer {
     /// Attempts `job` once and judges the result. Never fails: every problem
     /// becomes part of the outcome.
     pub async fn deliver(&self, job: &Job) -> Outcome {
-        let started_at = SystemTime::now();
+        // The database's clock, as leases and schedules use: see Job::now.
+        let started_at = job.now();
         let clock = Instant::now();
         let timeout = Timeout::for_job(job, self.default_timeout, self.longest_request);
         let (exchange, excerpt) = match self.prepare(job, started_at).await {

@@ -110,11 +110,27 @@ impl Dispatcher {
             ),
             after_endpoint: String::new(),
         };
+        // Said once per episode, not at every retry.
+        let mut read_only = false;
         loop {
             let idle = match self.drain(&mut slot, &mut at, &stop_claiming).await {
                 Ok(idle) => {
+                    if std::mem::take(&mut read_only) {
+                        tracing::info!("the database is writable again; claiming");
+                    }
                     slot.succeeded();
                     idle
+                }
+                Err(error) if error.is_read_only() => {
+                    telemetry::db_error("claim");
+                    if !std::mem::replace(&mut read_only, true) {
+                        tracing::warn!(
+                            %error,
+                            "the database is read-only (a standby, or default_transaction_read_only): \
+                             claims paused, nothing claimed or spent, until it is writable"
+                        );
+                    }
+                    slot.failed(&error)
                 }
                 Err(error) => {
                     telemetry::db_error("claim");

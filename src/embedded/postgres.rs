@@ -91,6 +91,66 @@ impl TempPostgres {
         cluster.start_on_free_port()
     }
 
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started on a
+    /// free port. It never waits for a synchronous standby of its own, so
+    /// once promoted it accepts commits at once.
+    pub fn standby_of(primary: &TempPostgres) -> Result<Self, EmbeddedError> {
+        let root = std::env::temp_dir().join(format!(
+            "outboxd-pg-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir(&root)?;
+        if let Some((uid, gid)) = primary.run_as {
+            chown(&root, Some(uid), Some(gid))?;
+        }
+        let standby = Self {
+            root,
+            bin: primary.bin.clone(),
+            port: 0,
+            run_as: primary.run_as,
+        };
+        standby.spawn_watchdog()?;
+        let data = standby.data_dir();
+        standby.run(
+            standby
+                .command("pg_basebackup")
+                .args([
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
+                .arg("-p")
+                .arg(primary.port.to_string())
+                .arg("-D")
+                .arg(&data),
+        )?;
+        let path = data.join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&path)?;
+        conf.push_str(&format!(
+            "\n# standby\nunix_socket_directories = '{}'\nsynchronous_standby_names = ''\n",
+            data.display()
+        ));
+        std::fs::write(&path, conf)?;
+        standby.start_on_free_port()
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting until it is).
+    pub fn promote(&self) -> Result<(), EmbeddedError> {
+        let data = self.data_dir();
+        self.run(
+            self.command("pg_ctl")
+                .args(["promote", "-w", "-t", "60", "-D"])
+                .arg(&data),
+        )
+    }
+
     /// A connection URL for `database` (trust auth, user `postgres`).
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)

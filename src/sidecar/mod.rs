@@ -81,15 +81,21 @@ async fn start(
     shutdown: &CancellationToken,
 ) -> Result<Option<(Dispatcher, Running)>, SidecarError> {
     config.validate()?;
-    let config = Arc::new(config);
-    let mut db = Db::new(&config.database_url)?
-        .with_reconnect_max(config.reconnect_max)
-        .with_pinned_search_path();
-    if config.async_commit {
-        db = db.with_async_commit();
+    let mut config = config;
+    let wakeup = config.effective_wakeup();
+    if wakeup != config.wakeup {
+        tracing::warn!(
+            wakeup = ?config.wakeup,
+            "behind a transaction-mode pooler a session cannot LISTEN or hold a replication slot: \
+             polling every {:?} instead (set --listen-database-url to a direct URL for wake-ups)",
+            config.poll_interval
+        );
+        config.wakeup = wakeup;
     }
+    let config = Arc::new(config);
+    let (db, listen_db) = databases(&config)?;
     let deliverer = Deliverer::new(&config)?;
-    if !startup::prepare_database(&db, &config, migrate, shutdown).await? {
+    if !startup::prepare_database(&db, &listen_db, &config, migrate, shutdown).await? {
         return Ok(None);
     }
     let signals = Signals {
@@ -108,7 +114,7 @@ async fn start(
     let writer = tokio::spawn(writer.run(give_up_writing.clone()));
     let stop_background = CancellationToken::new();
     let (background, readiness) =
-        spawn_background(&db, &config, &signals, &stop_background).await?;
+        spawn_background(&db, &listen_db, &config, &signals, &stop_background).await?;
     let deliveries = DeliveryTasks::default();
     let dispatcher = Dispatcher::new(
         config.clone(),
@@ -130,10 +136,31 @@ async fn start(
     Ok(Some((dispatcher, running)))
 }
 
+/// The database of every connection, and the one of the wake-up's.
+fn databases(config: &Config) -> Result<(Db, Db), SidecarError> {
+    let mut db = Db::new(&config.database_url)?
+        .with_reconnect_max(config.reconnect_max)
+        .with_pooler(config.pooler)
+        .with_pinned_search_path();
+    if config.async_commit {
+        db = db.with_async_commit();
+    }
+    // The wake-up's sessions hold state (a LISTEN, a replication slot):
+    // never through a transaction-mode pooler.
+    let listen_db = match &config.listen_database_url {
+        Some(url) => Db::new(url)?
+            .with_reconnect_max(config.reconnect_max)
+            .with_pinned_search_path(),
+        None => db.clone(),
+    };
+    Ok((db, listen_db))
+}
+
 /// Starts the wake-up watcher, the admin server, the router and
 /// housekeeping, all stopped by `stop`.
 async fn spawn_background(
     db: &Db,
+    listen_db: &Db,
     config: &Config,
     signals: &Signals,
     stop: &CancellationToken,
@@ -142,7 +169,7 @@ async fn spawn_background(
     let listening = Arc::new(AtomicBool::new(false));
     tasks.extend(wakeup::spawn(
         config,
-        db.clone(),
+        listen_db.clone(),
         signals.wake.clone(),
         listening.clone(),
         stop.clone(),

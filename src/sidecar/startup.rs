@@ -60,6 +60,7 @@ pub enum SidecarError {
 /// schema version and the clocks. `Ok(false)`: shut down while waiting.
 pub(super) async fn prepare_database(
     db: &Db,
+    listen_db: &Db,
     config: &Config,
     migrate: bool,
     shutdown: &CancellationToken,
@@ -79,7 +80,7 @@ pub(super) async fn prepare_database(
         }
     };
     if migrate {
-        let applied = migrate::run(&mut client).await?;
+        let applied = migrate::run_on(db, &mut client).await?;
         tracing::info!(?applied, "migrations applied");
     }
     let needed = MIGRATIONS.last().map_or(0, |m| m.version);
@@ -89,16 +90,24 @@ pub(super) async fn prepare_database(
         return Err(SidecarError::NotMigrated { found, needed });
     }
     if config.wakeup == Wakeup::Logical {
-        logical::check(&client).await?;
+        if config.listen_database_url.is_some() {
+            logical::check(&listen_db.connect().await?).await?;
+        } else {
+            logical::check(&client).await?;
+        }
     }
     warn_on_clock_skew(&client).await?;
     Ok(true)
 }
 
-/// `webhook-timestamp` uses our clock, leases use the database's.
+/// Leases, schedules and `webhook-timestamp` all follow the database's
+/// clock (see `Job::now`), so a skewed local clock harms nothing; a skew
+/// is still worth a warning, since one of the two clocks is wrong and
+/// receivers reject timestamps far from their own.
 async fn warn_on_clock_skew(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    // Unnamed (no named statement through a pooler).
     let db_now: SystemTime = client
-        .query_one(CLOCK_NOW, &[])
+        .query_typed_one(CLOCK_NOW, &[])
         .await
         .map_err(DbError::during("reading the database clock"))?
         .get(0);
@@ -110,7 +119,8 @@ async fn warn_on_clock_skew(client: &tokio_postgres::Client) -> Result<(), DbErr
     if skew > CLOCK_SKEW_WARNING {
         tracing::warn!(
             skew_secs = skew.as_secs(),
-            "this machine's clock and the database's differ; receivers may reject webhook-timestamp"
+            "this machine's clock and the database's differ; webhook-timestamp follows the database's clock, \
+             check that one (receivers reject timestamps far from their own)"
         );
     }
     Ok(())

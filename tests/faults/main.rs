@@ -21,6 +21,7 @@ mod harness;
 
 mod connection_loss;
 mod kill;
+mod packet_loss;
 mod producers;
 mod receiver_outages;
 mod replicas;

@@ -481,10 +481,16 @@ async fn retention_purges_exactly_the_old_finished_rows() {
         every: Duration::from_secs(60),
     };
     // As the sidecar's role, with only the rights docs/security.md grants.
-    let (_, mut sidecar) = login_as(&db, "outbox_sidecar").await;
-    let purged = maintenance::purge_once(&mut sidecar, &retention, &CancellationToken::new())
-        .await
-        .unwrap();
+    let (url, mut sidecar) = login_as(&db, "outbox_sidecar").await;
+    // Its settings as behind a transaction pooler: SET LOCAL in each page.
+    let pooled = outboxd::db::Db::new(&outboxd::config::DatabaseUrl::new(url))
+        .unwrap()
+        .with_pooler(outboxd::config::Pooler::Transaction)
+        .with_pinned_search_path();
+    let purged =
+        maintenance::purge_once(&pooled, &mut sidecar, &retention, &CancellationToken::new())
+            .await
+            .unwrap();
     // Deliveries: m1, m2, m3 (finished > 7 d) and m4 (dead > 30 d) go; m5
     // and m8 (dead, younger), m6 (pending), m7 (recent), m10, m12 stay.
     assert_eq!(
@@ -506,9 +512,10 @@ async fn retention_purges_exactly_the_old_finished_rows() {
     assert_eq!(left, ["m5", "m6", "m7", "m8", "m10", "m11", "m12"]);
     let attempts: i64 = count(&db.client, "SELECT count(*) FROM outbox.attempts").await;
     assert_eq!(attempts, 6, "attempts of purged deliveries went with them");
-    let again = maintenance::purge_once(&mut sidecar, &retention, &CancellationToken::new())
-        .await
-        .unwrap();
+    let again =
+        maintenance::purge_once(&pooled, &mut sidecar, &retention, &CancellationToken::new())
+            .await
+            .unwrap();
     assert_eq!(again, Purged::default(), "a second round finds nothing");
 }
 

@@ -31,8 +31,8 @@ impl Queries {
         // the first answer.
         let both = async {
             tokio::try_join!(
-                self.client.query_one(&self.route, &[&ROUTE_BATCH]),
-                self.client.query(&self.claim, &claim_params)
+                self.query_one(&self.route, &[&ROUTE_BATCH]),
+                self.query(&self.claim, &claim_params)
             )
         };
         let (routed, rows) = within(
@@ -77,6 +77,7 @@ fn job(row: &Row, claimed_at: Instant) -> Job {
         age_at_claim: Duration::try_from_secs_f64(row.get::<_, f64>("age_secs"))
             .unwrap_or_default(),
         claimed_at,
+        db_now_at_claim: row.get("db_now"),
         tls: EndpointTls {
             ca_pem: row.get("ca_pem"),
             client_cert_pem: row.get("client_cert_pem"),

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use tokio_postgres::types::ToSql;
+
 use super::Queries;
 use crate::db::DbError;
 use crate::db::slot::within;
@@ -32,7 +34,7 @@ impl Queries {
             .collect();
         if keys.is_empty() {
             let written = self
-                .complete_statement(owner, outcomes, disable_after)
+                .complete_statement(owner, outcomes, disable_after, false)
                 .await?;
             return Ok(Completed {
                 written,
@@ -41,21 +43,14 @@ impl Queries {
         }
         keys.sort_unstable();
         keys.dedup();
-        within(
-            &self.db,
-            &self.client,
-            "writing delivery outcomes",
-            self.client.batch_execute("BEGIN"),
-        )
-        .await?;
+        self.begin("writing delivery outcomes").await?;
         let result = async {
             let (endpoints, ordering_keys): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
             let held = within(
                 &self.db,
                 &self.client,
                 "trying the ordering keys' locks",
-                self.client
-                    .query(&self.try_lock_keys, &[&endpoints, &ordering_keys]),
+                self.query_in_transaction(&self.try_lock_keys, &[&endpoints, &ordering_keys]),
             )
             .await?;
             let held: Vec<(String, String)> =
@@ -72,7 +67,8 @@ impl Queries {
             let written = if now.is_empty() {
                 0
             } else {
-                self.complete_statement(owner, &now, disable_after).await?
+                self.complete_statement(owner, &now, disable_after, true)
+                    .await?
             };
             within(
                 &self.db,
@@ -95,6 +91,7 @@ impl Queries {
         owner: &str,
         outcomes: &[&Outcome],
         disable_after: Duration,
+        in_transaction: bool,
     ) -> Result<usize, DbError> {
         let n = outcomes.len();
         let mut ids = Vec::with_capacity(n);
@@ -126,28 +123,33 @@ impl Queries {
             disable.push(outcome.disable_endpoint.as_deref());
             leases.push(outcome.claim.leased_until);
         }
+        let params: [&(dyn ToSql + Sync); 13] = [
+            &owner,
+            &ids,
+            &attempts,
+            &statuses,
+            &retry_in,
+            &codes,
+            &errors,
+            &started,
+            &durations,
+            &excerpts,
+            &disable,
+            &disable_after.as_secs_f64(),
+            &leases,
+        ];
+        let statement = async {
+            if in_transaction {
+                self.query_in_transaction(&self.complete, &params).await
+            } else {
+                self.query(&self.complete, &params).await
+            }
+        };
         let rows = within(
             &self.db,
             &self.client,
             "writing delivery outcomes",
-            self.client.query(
-                &self.complete,
-                &[
-                    &owner,
-                    &ids,
-                    &attempts,
-                    &statuses,
-                    &retry_in,
-                    &codes,
-                    &errors,
-                    &started,
-                    &durations,
-                    &excerpts,
-                    &disable,
-                    &disable_after.as_secs_f64(),
-                    &leases,
-                ],
-            ),
+            statement,
         )
         .await?;
         Ok(rows.len())
@@ -162,8 +164,7 @@ impl Queries {
             &self.db,
             &self.client,
             "releasing claimed deliveries",
-            self.client
-                .query(&self.release, &[&owner, &ids, &attempts, &leases]),
+            self.query(&self.release, &[&owner, &ids, &attempts, &leases]),
         )
         .await?;
         Ok(rows.len())

@@ -32,6 +32,8 @@ const DEFAULTS: &[(&str, &str)] = &[
 pub struct Launch {
     worker_id: String,
     env: Vec<(String, String)>,
+    /// Run inside this network namespace (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl Launch {
@@ -52,7 +54,14 @@ impl Launch {
         Self {
             worker_id: worker_id.into(),
             env,
+            netns: None,
         }
+    }
+
+    /// Runs the process inside network namespace `name` (needs root).
+    pub fn in_netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.into());
+        self
     }
 
     /// Sets (or overrides) an environment variable.
@@ -66,7 +75,16 @@ impl Launch {
     pub fn spawn(self) -> Outboxd {
         let log = log_path(&self.worker_id);
         let stderr = std::fs::File::create(&log).expect("creating the sidecar log");
-        let child = Command::new(BIN)
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the program: the child is outboxd.
+            Some(netns) => {
+                let mut command = Command::new("/usr/sbin/ip");
+                command.args(["netns", "exec", netns, BIN]);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("run")
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))

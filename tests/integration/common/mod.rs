@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod pgbouncer;
 pub mod podman;
 pub mod tls;
 pub mod tls_postgres;
@@ -106,6 +107,16 @@ fn start_cluster(settings: Vec<(String, String)>, external_allowed: bool) -> Clu
         template,
         _server: server,
     }
+}
+
+/// The port of the test cluster on 127.0.0.1 (an external server's port).
+pub fn cluster_port() -> u16 {
+    let base = &cluster().base;
+    let host_port = base.rsplit_once('@').map_or(base.as_str(), |(_, h)| h);
+    host_port
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(5432)
 }
 
 pub async fn connect(url: &str) -> Client {
