@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminLimits;
 use crate::console::{self, Console};
-use crate::db::slot::Slot;
-use crate::db::{Db, DbError};
+use crate::db::Db;
+use crate::db::slot::{Slot, bounded};
 use crate::telemetry;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -82,14 +82,12 @@ impl Readiness {
         // A simple query (no named statement, no session state): it works
         // through a transaction-mode pooler too.
         let probe_sql = "SELECT pg_catalog.current_setting('transaction_read_only')";
-        let answered =
-            match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query(probe_sql)).await {
-                Ok(answered) => answered.map_err(DbError::during("probing the database")),
-                Err(_) => Err(DbError::Unresponsive {
-                    context: "probing the database",
-                    after: PROBE_TIMEOUT,
-                }),
-            };
+        let answered = bounded(
+            PROBE_TIMEOUT,
+            "probing the database",
+            client.simple_query(probe_sql),
+        )
+        .await;
         match answered {
             Ok(messages) => {
                 probe.succeeded();
@@ -98,7 +96,7 @@ impl Readiness {
                     .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("on")));
                 if read_only {
                     // A new connection may reach the new primary.
-                    *probe = Slot::new(probe.db(), "readiness");
+                    probe.disconnect();
                     return Err(
                         "database is read-only (a standby, or default_transaction_read_only): \
                                 no claims until it is writable"

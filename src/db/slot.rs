@@ -116,9 +116,29 @@ impl<S: Session> Slot<S> {
         self.backoff.next_delay()
     }
 
+    /// Drops the session (e.g. a probe found the server read-only: a new
+    /// connection may reach a promoted primary); the next
+    /// [`get`](Self::get) reconnects, and counts it.
+    pub fn disconnect(&mut self) {
+        self.session = None;
+    }
+
     /// The database this slot connects to.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+}
+
+/// Runs `statement` for at most `after`: a probe's shorter deadline, with
+/// nothing to cancel server-side (its connection is given up).
+pub async fn bounded<T>(
+    after: Duration,
+    context: &'static str,
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(after, statement).await {
+        Ok(answered) => answered.map_err(DbError::during(context)),
+        Err(_) => Err(DbError::Unresponsive { context, after }),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::db::slot::{Session, Slot};
+use crate::db::slot::{Session, Slot, bounded};
 use crate::db::{Db, DbError};
 
 /// The channel the insert trigger notifies (see `sql/migrations`).
@@ -70,7 +70,7 @@ async fn listen_a_while(slot: &mut Slot<Listener>, listening: &AtomicBool) -> Re
             },
         }),
         _ = tokio::time::sleep(PROBE_EVERY) => {
-            bounded("probing the listener", listener.client.simple_query("SELECT 1")).await?;
+            bounded(PROBE_TIMEOUT, "probing the listener", listener.client.simple_query("SELECT 1")).await?;
             Ok(())
         }
     }
@@ -105,6 +105,7 @@ impl Session for Listener {
         };
         let forward = AbortOnDropHandle::new(tokio::spawn(forward));
         bounded(
+            PROBE_TIMEOUT,
             "subscribing with LISTEN",
             client.batch_execute(&format!("LISTEN {CHANNEL}")),
         )
@@ -117,19 +118,5 @@ impl Session for Listener {
 
     fn is_closed(&self) -> bool {
         self.client.is_closed() || self.forward.is_finished()
-    }
-}
-
-/// `statement`, given up after [`PROBE_TIMEOUT`].
-async fn bounded<T>(
-    context: &'static str,
-    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, DbError> {
-    match tokio::time::timeout(PROBE_TIMEOUT, statement).await {
-        Ok(answered) => answered.map_err(DbError::during(context)),
-        Err(_) => Err(DbError::Unresponsive {
-            context,
-            after: PROBE_TIMEOUT,
-        }),
     }
 }
