@@ -82,6 +82,17 @@ async fn a_read_only_server_pauses_claims_without_spending_attempts_until_writab
     ] {
         db.client.batch_execute(sql).await.unwrap();
     }
+    // The reload reaches each backend asynchronously, at its next command:
+    // wait until the sidecar's own polls are refused, so no claim that began
+    // before the switch can still see the next message.
+    let refused_before = read_only_refusals(&cluster);
+    assert!(
+        eventually(WAIT, || async {
+            read_only_refusals(&cluster) > refused_before
+        })
+        .await,
+        "the sidecar's idle polls are refused once read-only"
+    );
     let refused_before = read_only_refusals(&cluster);
     insert_message(&db.client, "during", "t", "{}").await;
     assert!(
