@@ -607,6 +607,10 @@ BEGIN
             USING ERRCODE = 'check_violation',
                   HINT = 'Name the customer the endpoint belongs to, or leave tenant_id NULL for none.';
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.tenant_id IS DISTINCT FROM OLD.tenant_id THEN
+        -- Wait for routing in progress, whose deliveries the check must see.
+        PERFORM pg_advisory_xact_lock(1868724229, 0);  -- 0x6F627805
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.tenant_id IS DISTINCT FROM OLD.tenant_id
        AND (EXISTS (SELECT 1 FROM outbox.deliveries d
                     WHERE d.endpoint_id = OLD.id AND d.status IN ('pending', 'in_flight'))
@@ -882,12 +886,31 @@ CREATE FUNCTION outbox.keep_endpoints_with_deliveries() RETURNS trigger
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
+    -- Wait for routing in progress, whose deliveries the check must see.
+    PERFORM pg_advisory_xact_lock(1868724229, 0);  -- 0x6F627805
     IF EXISTS (SELECT 1 FROM outbox.deliveries d WHERE d.endpoint_id = OLD.id) THEN
         RAISE EXCEPTION 'outbox.endpoints: endpoint "%" has deliveries and cannot be %', OLD.id,
                 CASE TG_OP WHEN 'DELETE' THEN 'deleted' ELSE 'renamed' END
             USING ERRCODE = 'foreign_key_violation',
                   HINT = 'Disable it instead (UPDATE outbox.endpoints SET enabled = false ...); '
                          'its deliveries go when the retention purge deletes them.';
+    END IF;
+    -- Messages that name it and wait to be routed (the sidecar was down,
+    -- say) would be routed to nothing. One probe per partial index that
+    -- holds unrouted messages.
+    IF EXISTS (SELECT 1 FROM outbox.messages m
+               WHERE NOT m.routed AND m.deliver_after IS NULL AND m.ordering_key IS NULL
+                 AND m.endpoint_id = OLD.id)
+       OR EXISTS (SELECT 1 FROM outbox.messages m
+                  WHERE NOT m.routed AND m.deliver_after IS NOT NULL AND m.ordering_key IS NULL
+                    AND m.endpoint_id = OLD.id)
+       OR EXISTS (SELECT 1 FROM outbox.messages m
+                  WHERE NOT m.routed AND m.ordering_key IS NOT NULL AND m.endpoint_id = OLD.id) THEN
+        RAISE EXCEPTION 'outbox.endpoints: messages for endpoint "%" wait to be routed; it cannot be %', OLD.id,
+                CASE TG_OP WHEN 'DELETE' THEN 'deleted' ELSE 'renamed' END
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'Disable it instead (UPDATE outbox.endpoints SET enabled = false ...), '
+                         'or start outboxd so that they are routed first.';
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
@@ -1161,9 +1184,12 @@ DECLARE
     picked bigint[];
     made integer;
 BEGIN
+    -- The lock keeps the endpoint as read here until this commits (0015
+    -- locked its row FOR KEY SHARE, which a tenant move passed; taking both
+    -- would deadlock with a DELETE, which locks the row before the lock).
+    PERFORM pg_advisory_xact_lock_shared(1868724229, 0);  -- 0x6F627805
     SELECT e.id, e.tenant_id, e.event_types, e.block_on_dead INTO target
-    FROM outbox.endpoints e WHERE e.id = recover.endpoint_id
-    FOR KEY SHARE;
+    FROM outbox.endpoints e WHERE e.id = recover.endpoint_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'outbox.recover: unknown endpoint "%"', outbox.shown(endpoint_id)
             USING ERRCODE = 'no_data_found';
@@ -1429,6 +1455,10 @@ DECLARE
     picked bigint[];
     keyed bigint[];
 BEGIN
+    -- Deliveries are made only for endpoints that stay as they were read
+    -- until this transaction commits (migration 0019 says why).
+    PERFORM pg_advisory_xact_lock_shared(1868724229, 0);  -- 0x6F627805
+
     -- Unkeyed messages: any order will do; rows another router holds are
     -- skipped.
     WITH oldest AS (

@@ -51,8 +51,29 @@ pub const PURGE: Space = Space {
     taken_by: &["crate::maintenance"],
 };
 
+/// Who the endpoints are (second int 0): routing holds it shared while it
+/// makes deliveries for the endpoints it read; deleting an endpoint, or
+/// giving it a new id or tenant, takes it exclusively, so that change and
+/// routing each see the other's result.
+pub const ENDPOINT_CHANGES: Space = Space {
+    id: 0x6F62_7805,
+    guards: "routing against endpoint deletes, renames and tenant moves",
+    taken_by: &[
+        "outbox.route",
+        "outbox.recover",
+        "outbox.keep_endpoints_with_deliveries",
+        "outbox.check_endpoint_tenant",
+    ],
+};
+
 /// Every space, for the test that checks the schema against this list.
-pub const SPACES: [Space; 4] = [ORDERING_KEY, MESSAGE_KEY, ENDPOINT_CLAIM, PURGE];
+pub const SPACES: [Space; 5] = [
+    ORDERING_KEY,
+    MESSAGE_KEY,
+    ENDPOINT_CLAIM,
+    PURGE,
+    ENDPOINT_CHANGES,
+];
 
 /// The one lock outside the spaces: `outboxd migrate` takes this one-bigint
 /// lock ("outboxd" in ASCII) for the whole migration transaction. It keeps

@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_recovery_tools.sql"),
     migration!(16, "0016_schema_notes.sql"),
     migration!(18, "0018_waiting_reason.sql"),
+    migration!(19, "0019_routing_vs_endpoint_changes.sql"),
 ];
 
 const LOCK: &str = include_str!("../../sql/queries/migrations_lock.sql");

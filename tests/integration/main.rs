@@ -21,6 +21,7 @@ mod demo;
 mod deploy;
 mod docs;
 mod egress;
+mod endpoint_changes;
 mod examples;
 mod fuzzing;
 mod hygiene;

@@ -1,0 +1,210 @@
+//! Changing who an endpoint is (deleting it, renaming it, moving it to
+//! another tenant) while routing runs: neither side may act on what the
+//! other has not committed yet, or a delivery is left for an endpoint that
+//! is gone, or a tenant's message queued for another tenant's endpoint.
+
+use tokio_postgres::Client;
+
+use crate::common::*;
+
+/// A change to endpoint "e", and the SQLSTATE that refuses it once the
+/// endpoint has a delivery.
+const CHANGES: [(&str, &str); 3] = [
+    ("DELETE FROM outbox.endpoints WHERE id = 'e'", "23503"),
+    (
+        "UPDATE outbox.endpoints SET id = 'e2' WHERE id = 'e'",
+        "23503",
+    ),
+    (
+        "UPDATE outbox.endpoints SET tenant_id = 'globex' WHERE id = 'e'",
+        "23514",
+    ),
+];
+
+/// Deliveries whose endpoint is gone or belongs to another tenant.
+const STRAYS: &str = "SELECT count(*) FROM outbox.deliveries d
+     LEFT JOIN outbox.endpoints e ON e.id = d.endpoint_id
+     WHERE e.id IS NULL OR e.tenant_id IS DISTINCT FROM d.tenant_id";
+
+/// Endpoint "e" without a tenant, subscribed to everything, and a message
+/// that fans out to it, not yet routed.
+async fn endpoint_and_message() -> TestDb {
+    let db = fresh_db().await;
+    add_unreachable_endpoint(&db.client, "e").await;
+    insert_message(&db.client, "m", "t", "{}").await;
+    db
+}
+
+/// Waits (bounded) until some session waits for an advisory lock.
+async fn someone_waits_for_the_lock(client: &Client) -> bool {
+    eventually(WAIT, || async {
+        count(
+            client,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'",
+        )
+        .await
+            == 1
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_change_waits_for_routing_in_progress_and_then_sees_its_delivery() {
+    for (change, refused_with) in CHANGES {
+        let db = endpoint_and_message().await;
+        let mut router = db.connect().await;
+        let routing = router.transaction().await.unwrap();
+        let routed: i32 = routing
+            .query_one("SELECT outbox.route(10)", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(routed, 1);
+
+        let changer = db.connect().await;
+        let changing = tokio::spawn(async move { changer.batch_execute(change).await });
+        assert!(
+            someone_waits_for_the_lock(&db.client).await,
+            "{change}: went ahead while routing to the endpoint was not committed"
+        );
+        assert!(!changing.is_finished());
+        routing.commit().await.unwrap();
+
+        let error = changing.await.unwrap().unwrap_err();
+        assert_eq!(
+            error.as_db_error().map(|e| e.code().code()),
+            Some(refused_with),
+            "{change}: {error}"
+        );
+        assert_eq!(count(&db.client, STRAYS).await, 0, "{change}");
+        assert_eq!(count_status(&db.client, "pending").await, 1, "{change}");
+    }
+}
+
+#[tokio::test]
+async fn routing_waits_for_a_change_in_progress_and_then_sees_the_endpoint_as_it_became() {
+    for (change, _) in CHANGES {
+        let db = endpoint_and_message().await;
+        let mut changer = db.connect().await;
+        let changing = changer.transaction().await.unwrap();
+        changing.batch_execute(change).await.unwrap();
+
+        let router = db.connect().await;
+        let routing = tokio::spawn(async move {
+            router
+                .query_one("SELECT outbox.route(10)", &[])
+                .await
+                .map(|row| row.get::<_, i32>(0))
+        });
+        assert!(
+            someone_waits_for_the_lock(&db.client).await,
+            "{change}: routing went ahead while the change was not committed"
+        );
+        changing.commit().await.unwrap();
+
+        // Routed, and no delivery for what the endpoint no longer is: the
+        // message had no other subscriber.
+        assert_eq!(routing.await.unwrap().unwrap(), 1, "{change}");
+        assert_eq!(count(&db.client, STRAYS).await, 0, "{change}");
+        let made = count(&db.client, "SELECT count(*) FROM outbox.deliveries").await;
+        let renamed = change.contains("SET id");
+        assert_eq!(
+            made,
+            i64::from(renamed),
+            "{change}: only a renamed endpoint still matches"
+        );
+    }
+}
+
+#[tokio::test]
+async fn recovering_messages_for_an_endpoint_and_moving_it_exclude_each_other() {
+    let db = fresh_db().await;
+    add_unreachable_endpoint(&db.client, "e").await;
+    add_unreachable_endpoint(&db.client, "other").await;
+    // Routed to "other" only ("e" was created after it), so "e" may
+    // recover it.
+    db.client
+        .batch_execute(
+            "UPDATE outbox.endpoints SET created_at = now() + interval '1 hour' WHERE id = 'e';
+             INSERT INTO outbox.messages (event_id, event_type, payload) VALUES ('old', 't', '{}');",
+        )
+        .await
+        .unwrap();
+    route(&db.client).await;
+
+    let mut recoverer = db.connect().await;
+    let recovering = recoverer.transaction().await.unwrap();
+    let made: i32 = recovering
+        .query_one("SELECT outbox.recover('e', now() - interval '1 day')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 1);
+    let changer = db.connect().await;
+    let moving = tokio::spawn(async move {
+        changer
+            .batch_execute("UPDATE outbox.endpoints SET tenant_id = 'globex' WHERE id = 'e'")
+            .await
+    });
+    assert!(someone_waits_for_the_lock(&db.client).await);
+    recovering.commit().await.unwrap();
+    let error = moving.await.unwrap().unwrap_err();
+    assert_eq!(
+        error.as_db_error().map(|e| e.code().code()),
+        Some("23514"),
+        "{error}"
+    );
+    assert_eq!(count(&db.client, STRAYS).await, 0);
+}
+
+#[tokio::test]
+async fn an_endpoint_named_by_messages_not_yet_routed_is_kept() {
+    let db = fresh_db().await;
+    add_unreachable_endpoint(&db.client, "e").await;
+    // The sidecar is down: nothing routes them.
+    db.client
+        .batch_execute(
+            "INSERT INTO outbox.messages (event_id, event_type, payload, endpoint_id)
+             VALUES ('now', 't', '{}', 'e');
+             INSERT INTO outbox.messages (event_id, event_type, payload, endpoint_id, deliver_after)
+             VALUES ('later', 't', '{}', 'e', now() + interval '1 day');
+             INSERT INTO outbox.messages (event_id, event_type, payload, endpoint_id, ordering_key)
+             VALUES ('keyed', 't', '{}', 'e', 'k');",
+        )
+        .await
+        .unwrap();
+    for (kept_by, sql) in [
+        (
+            "keyed",
+            "DELETE FROM outbox.messages WHERE event_id = 'keyed'",
+        ),
+        (
+            "later",
+            "DELETE FROM outbox.messages WHERE event_id = 'later'",
+        ),
+        ("now", "DELETE FROM outbox.messages WHERE event_id = 'now'"),
+    ] {
+        for change in [
+            "DELETE FROM outbox.endpoints WHERE id = 'e'",
+            "UPDATE outbox.endpoints SET id = 'e2' WHERE id = 'e'",
+        ] {
+            let error = db.client.batch_execute(change).await.unwrap_err();
+            let error = error.as_db_error().unwrap();
+            assert_eq!(
+                error.code().code(),
+                "23503",
+                "{change} with {kept_by} waiting"
+            );
+            assert!(
+                error.message().contains("wait to be routed"),
+                "{}",
+                error.message()
+            );
+        }
+        db.client.batch_execute(sql).await.unwrap();
+    }
+    db.client
+        .batch_execute("DELETE FROM outbox.endpoints WHERE id = 'e'")
+        .await
+        .unwrap();
+}
