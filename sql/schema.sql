@@ -1450,6 +1450,7 @@ CREATE FUNCTION outbox.route(max_messages integer) RETURNS integer
     SET enable_seqscan TO 'off'
     SET jit TO 'off'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     picked bigint[];
@@ -1586,6 +1587,7 @@ CREATE FUNCTION outbox.route_targets(ids bigint[]) RETURNS TABLE(message_id bigi
     SET enable_seqscan TO 'off'
     SET jit TO 'off'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 BEGIN
     RETURN QUERY

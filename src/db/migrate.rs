@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_schema_notes.sql"),
     migration!(18, "0018_waiting_reason.sql"),
     migration!(19, "0019_routing_vs_endpoint_changes.sql"),
+    migration!(20, "0020_generic_routing_plans.sql"),
 ];
 
 const LOCK: &str = include_str!("../../sql/queries/migrations_lock.sql");

@@ -182,15 +182,16 @@ impl Dispatcher {
             let jobs = claimed.jobs;
             let full = jobs.len() == want;
             telemetry::claimed(jobs.len());
-            if !jobs.is_empty() {
-                worked = true;
-                if at.pace.found_work(Instant::now()) {
-                    queries.leave_waiting(worker).await?;
-                }
-            }
+            let leave_waiting = !jobs.is_empty() && at.pace.found_work(Instant::now());
+            worked |= !jobs.is_empty();
             for job in jobs {
                 let permit = permits.split(1).expect("one permit per claimed row");
                 self.start(job, permit);
+            }
+            // After the requests are on their way: at low load, every
+            // message is the first after going idle.
+            if leave_waiting {
+                queries.leave_waiting(worker).await?;
             }
             if !full {
                 break;

@@ -52,7 +52,16 @@ pub async fn run(
         wakeup = ?running.config.wakeup,
         "outboxd running"
     );
-    dispatcher.run(shutdown).await;
+    // On a worker thread, not the caller's: `block_on` runs its future on
+    // a thread that parks apart from the workers, and each wake-up (a
+    // NOTIFY read by a worker) then cost a cross-thread hand-off before
+    // the claim went out. A panic in it is the caller's panic.
+    let dispatching = tokio::spawn(dispatcher.run(shutdown));
+    if let Err(error) = dispatching.await
+        && error.is_panic()
+    {
+        std::panic::resume_unwind(error.into_panic());
+    }
     running.stop().await;
     Ok(())
 }
