@@ -9,7 +9,8 @@
 //! - [`store`]: its database connection and statements;
 //! - [`layout`] and [`pages`]: the HTML (maud);
 //! - [`form`]: urlencoded bodies;
-//! - [`actions`]: what the POST forms do.
+//! - [`actions`]: what the POST forms do;
+//! - [`throttle`]: how many wrong tokens sign-in takes.
 //!
 //! It acts with the sidecar's database role (`outbox_sidecar` may run the
 //! recovery functions of 0015) and records `console` as who asked. Reach
@@ -21,8 +22,9 @@ pub mod layout;
 pub mod pages;
 pub mod session;
 pub mod store;
+pub mod throttle;
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -33,6 +35,7 @@ use maud::Markup;
 pub use session::ConsoleToken;
 use session::{Keys, LOGIN_COOKIE, SESSION_COOKIE, SESSION_LIFETIME};
 use store::Store;
+use throttle::Throttle;
 
 use crate::db::Db;
 
@@ -43,6 +46,7 @@ const MAX_FORM: usize = 16 * 1024;
 pub struct Console {
     keys: Keys,
     store: Store,
+    sign_ins: Throttle,
 }
 
 impl Console {
@@ -51,6 +55,7 @@ impl Console {
         Self {
             keys: Keys::new(token),
             store: Store::new(db),
+            sign_ins: Throttle::default(),
         }
     }
 }
@@ -174,11 +179,26 @@ async fn sign_in(
             StatusCode::FORBIDDEN,
         );
     }
+    if let Err(wait) = console.sign_ins.check(Instant::now()) {
+        let secs = wait.as_secs().max(1);
+        let mut response = login_form(
+            console,
+            Some(&format!(
+                "Too many wrong tokens; sign-in is closed for {secs} s."
+            )),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
     let token = fields
         .iter()
         .find(|(k, _)| k == "token")
         .map_or("", |(_, v)| v.as_str());
     if !console.keys.token_matches(token) {
+        console.sign_ins.failed(Instant::now());
         tracing::warn!("console sign-in with a wrong token");
         return login_form(console, Some("Wrong token."), StatusCode::UNAUTHORIZED);
     }

@@ -296,3 +296,39 @@ async fn console_signs_in_with_the_token_and_refuses_posts_without_csrf() {
     assert_eq!(by, "console");
     fx.sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn sign_in_closes_for_a_while_after_five_wrong_tokens() {
+    let fx = fixture(Some(TOKEN)).await;
+    for n in 0..5 {
+        let wrong = sign_in(&fx.base, &format!("wrong-token-number-{n}")).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "try {n}");
+    }
+    // Closed, for the right token too, and it says for how long.
+    let refused = sign_in(&fx.base, TOKEN).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(
+        refused
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .all(|v| !v.to_str().unwrap().starts_with("outboxd_console=")),
+        "no session while closed"
+    );
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("Too many wrong tokens"), "{page}");
+    // The rest of the admin server goes on.
+    let metrics = client()
+        .get(format!("{}/metrics", fx.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    fx.sidecar.stop().await;
+}
