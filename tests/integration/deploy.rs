@@ -223,6 +223,17 @@ fn kubernetes_sidecar_probes_and_configures_outboxd_correctly() {
         "DATABASE_URL comes from a Secret"
     );
     let sidecar_login = secret_ref(&from_secret["valueFrom"]);
+    let console = outboxd["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "OUTBOXD_CONSOLE_TOKEN")
+        .expect("the console can be turned on");
+    assert_eq!(
+        console["valueFrom"]["secretKeyRef"]["optional"], true,
+        "without its Secret the console is off and the pod still starts"
+    );
+    assert_ne!(secret_ref(&console["valueFrom"]), sidecar_login);
     for container in containers.iter().filter(|c| c["name"] != "outboxd") {
         let name = text(&container["name"]);
         for var in container["env"].as_array().into_iter().flatten() {
