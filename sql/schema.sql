@@ -1457,8 +1457,13 @@ DECLARE
     keyed bigint[];
 BEGIN
     -- Deliveries are made only for endpoints that stay as they were read
-    -- until this transaction commits (migration 0019 says why).
-    PERFORM pg_advisory_xact_lock_shared(1868724229, 0);  -- 0x6F627805
+    -- until this transaction commits (migration 0019 says why). While a
+    -- change holds the lock, or waits for it, route nothing this time
+    -- rather than wait: the claim sent right behind this statement must
+    -- not stall behind somebody's open transaction.
+    IF NOT pg_try_advisory_xact_lock_shared(1868724229, 0) THEN  -- 0x6F627805
+        RETURN 0;
+    END IF;
 
     -- Unkeyed messages: any order will do; rows another router holds are
     -- skipped.

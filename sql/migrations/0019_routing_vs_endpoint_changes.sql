@@ -13,11 +13,13 @@
 -- holds a shared advisory lock, space 0x6F627805, until it commits, and
 -- whatever changes who an endpoint is (DELETE, a new id, a new tenant_id)
 -- takes it exclusively before its check: the change waits for routing in
--- progress and then sees its deliveries, and routing that starts later
--- waits for the change and then sees the endpoint as it became. Routers
--- never wait for each other; routing pauses only while such a change is
--- in a transaction. Disabling an endpoint is not such a change: a
--- message written while it was enabled still goes to it.
+-- progress and then sees its deliveries, and routing does nothing while
+-- the change is in a transaction (it tries the lock and routes nothing
+-- when it cannot have it), then sees the endpoint as it became. Routers
+-- never wait for each other, and claims of deliveries already routed go
+-- on; new messages wait while such a change is open, so commit it
+-- promptly. Disabling an endpoint is not such a change: a message
+-- written while it was enabled still goes to it.
 --
 -- Deleting or renaming an endpoint that committed messages name, still
 -- unrouted (the sidecar was down), is refused too: they would have been
@@ -34,8 +36,13 @@ DECLARE
     keyed bigint[];
 BEGIN
     -- Deliveries are made only for endpoints that stay as they were read
-    -- until this transaction commits (migration 0019 says why).
-    PERFORM pg_advisory_xact_lock_shared(1868724229, 0);  -- 0x6F627805
+    -- until this transaction commits (migration 0019 says why). While a
+    -- change holds the lock, or waits for it, route nothing this time
+    -- rather than wait: the claim sent right behind this statement must
+    -- not stall behind somebody's open transaction.
+    IF NOT pg_try_advisory_xact_lock_shared(1868724229, 0) THEN  -- 0x6F627805
+        RETURN 0;
+    END IF;
 
     -- Unkeyed messages: any order will do; rows another router holds are
     -- skipped.

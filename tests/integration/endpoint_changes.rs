@@ -82,29 +82,36 @@ async fn a_change_waits_for_routing_in_progress_and_then_sees_its_delivery() {
 }
 
 #[tokio::test]
-async fn routing_waits_for_a_change_in_progress_and_then_sees_the_endpoint_as_it_became() {
+async fn routing_does_nothing_during_a_change_and_then_sees_the_endpoint_as_it_became() {
     for (change, _) in CHANGES {
         let db = endpoint_and_message().await;
         let mut changer = db.connect().await;
         let changing = changer.transaction().await.unwrap();
         changing.batch_execute(change).await.unwrap();
 
+        // Neither waits (the claim sent behind it would stall) nor routes
+        // by what the endpoint was.
         let router = db.connect().await;
-        let routing = tokio::spawn(async move {
-            router
-                .query_one("SELECT outbox.route(10)", &[])
-                .await
-                .map(|row| row.get::<_, i32>(0))
-        });
-        assert!(
-            someone_waits_for_the_lock(&db.client).await,
-            "{change}: routing went ahead while the change was not committed"
+        let routed = tokio::time::timeout(WAIT, router.query_one("SELECT outbox.route(10)", &[]))
+            .await
+            .expect("routing does not wait for the change")
+            .unwrap()
+            .get::<_, i32>(0);
+        assert_eq!(routed, 0, "{change}");
+        assert_eq!(
+            count(
+                &db.client,
+                "SELECT count(*) FROM outbox.messages WHERE NOT routed"
+            )
+            .await,
+            1,
+            "{change}"
         );
         changing.commit().await.unwrap();
 
-        // Routed, and no delivery for what the endpoint no longer is: the
-        // message had no other subscriber.
-        assert_eq!(routing.await.unwrap().unwrap(), 1, "{change}");
+        // Routed now, and no delivery for what the endpoint no longer is:
+        // the message had no other subscriber.
+        assert_eq!(route(&router).await, 1, "{change}");
         assert_eq!(count(&db.client, STRAYS).await, 0, "{change}");
         let made = count(&db.client, "SELECT count(*) FROM outbox.deliveries").await;
         let renamed = change.contains("SET id");
@@ -207,4 +214,43 @@ async fn an_endpoint_named_by_messages_not_yet_routed_is_kept() {
         .batch_execute("DELETE FROM outbox.endpoints WHERE id = 'e'")
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_open_endpoint_change_pauses_routing_but_not_delivery() {
+    let db = fresh_db().await;
+    let receiver = ok_receiver(None).await;
+    add_endpoint(
+        &db.client,
+        "busy",
+        &receiver.url(),
+        None,
+        &outboxd::signature::Secret::generate(),
+    )
+    .await;
+    insert_message(&db.client, "routed-before", "t", "{}").await;
+    route(&db.client).await;
+    add_unreachable_endpoint(&db.client, "spare").await;
+    // Somebody's transaction that deletes an endpoint, left open.
+    let mut operator = db.connect().await;
+    let deleting = operator.transaction().await.unwrap();
+    deleting
+        .batch_execute("DELETE FROM outbox.endpoints WHERE id = 'spare'")
+        .await
+        .unwrap();
+
+    let sidecar = spawn(config(&db));
+    assert!(
+        receiver.wait_until(WAIT, |r| r.len() == 1).await,
+        "a delivery routed before is sent while the change is open"
+    );
+    // A new message waits (routing does nothing while the change is open:
+    // see routing_does_nothing_during_a_change_...) until it commits.
+    insert_message(&db.client, "written-during", "t", "{}").await;
+    deleting.commit().await.unwrap();
+    assert!(
+        receiver.wait_until(WAIT, |r| r.len() == 2).await,
+        "routed and sent once the change committed"
+    );
+    sidecar.stop().await;
 }
