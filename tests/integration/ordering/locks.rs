@@ -99,3 +99,68 @@ async fn a_held_ordering_key_delays_only_its_own_outcomes() {
     assert_eq!(seqs, [1, 2], "in order, each once");
     assert_eq!(other.count(), 5, "each once");
 }
+
+/// Two producers inserting the same two keys in opposite orders wait for
+/// each other: PostgreSQL aborts one (40P01), which keeps none of its
+/// rows; the other commits, and its messages are delivered. (Inserting
+/// keys in one order, as the README advises, cannot deadlock.)
+#[tokio::test]
+async fn producers_that_take_keys_in_opposite_orders_lose_one_whole_transaction() {
+    let db = fresh_db().await;
+    let receiver = ok_receiver(None).await;
+    add_endpoint(&db.client, "e", &receiver.url(), None, &Secret::generate()).await;
+    let insert = "INSERT INTO outbox.messages (event_id, event_type, payload, ordering_key)
+                  VALUES ($1, 't', '{}', $2)";
+    let mut first = db.connect().await;
+    let mut second = db.connect().await;
+    for client in [&first, &second] {
+        // Deadlocks are looked for after this long (1 s by default).
+        client
+            .batch_execute("SET deadlock_timeout = '50ms'")
+            .await
+            .unwrap();
+    }
+    let one = first.transaction().await.unwrap();
+    let two = second.transaction().await.unwrap();
+    one.execute(insert, &[&"one-a", &"a"]).await.unwrap();
+    two.execute(insert, &[&"two-b", &"b"]).await.unwrap();
+    // Each now takes the other's key.
+    let (one_b, two_a) = tokio::join!(
+        one.execute(insert, &[&"one-b", &"b"]),
+        two.execute(insert, &[&"two-a", &"a"])
+    );
+    let (survivor, victim, error) = match (one_b, two_a) {
+        (Ok(_), Err(error)) => ((one, ["one-a", "one-b"]), two, error),
+        (Err(error), Ok(_)) => ((two, ["two-b", "two-a"]), one, error),
+        other => panic!("expected exactly one deadlock victim: {other:?}"),
+    };
+    assert_eq!(
+        error.as_db_error().map(|e| e.code().code()),
+        Some("40P01"),
+        "{error}"
+    );
+    victim.rollback().await.unwrap();
+    survivor.0.commit().await.unwrap();
+
+    let sidecar = spawn(config(&db));
+    assert!(receiver.wait_until(WAIT, |r| r.len() == 2).await);
+    sidecar.stop().await;
+    let kept: Vec<String> = db
+        .client
+        .query("SELECT event_id FROM outbox.messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(kept, survivor.1, "the survivor's rows, in its order");
+    let mut sent: Vec<String> = receiver
+        .received()
+        .into_iter()
+        .map(|r| r.webhook_id)
+        .collect();
+    sent.sort();
+    let mut expected = survivor.1.map(String::from).to_vec();
+    expected.sort();
+    assert_eq!(sent, expected, "each sent once, nothing of the victim");
+}
