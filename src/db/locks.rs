@@ -51,10 +51,11 @@ pub const PURGE: Space = Space {
     taken_by: &["crate::maintenance"],
 };
 
-/// Who the endpoints are (second int 0): routing holds it shared while it
-/// makes deliveries for the endpoints it read; deleting an endpoint, or
-/// giving it a new id or tenant, takes it exclusively, so that change and
-/// routing each see the other's result.
+/// Who the endpoints are (second int 0): routing and recovery hold it
+/// shared while they make deliveries for the endpoints they read (routing
+/// only tries, and skips its turn while a change holds it); deleting an
+/// endpoint, or giving it a new id or tenant, takes it exclusively, so
+/// that change and routing each see the other's result.
 pub const ENDPOINT_CHANGES: Space = Space {
     id: 0x6F62_7805,
     guards: "routing against endpoint deletes, renames and tenant moves",

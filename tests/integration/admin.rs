@@ -16,13 +16,6 @@ const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: outboxd\r\nConnection: c
 /// Slack for a loaded machine on top of a limit under test.
 const MARGIN: Duration = Duration::from_secs(3);
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// A sidecar whose admin server has `limits`, answering once this returns.
 async fn sidecar_with(limits: AdminLimits) -> (Sidecar, SocketAddr) {
     let db = fresh_db().await;

@@ -3,8 +3,6 @@
 //! other has not committed yet, or a delivery is left for an endpoint that
 //! is gone, or a tenant's message queued for another tenant's endpoint.
 
-use tokio_postgres::Client;
-
 use crate::common::*;
 
 /// A change to endpoint "e", and the SQLSTATE that refuses it once the
@@ -35,19 +33,6 @@ async fn endpoint_and_message() -> TestDb {
     db
 }
 
-/// Waits (bounded) until some session waits for an advisory lock.
-async fn someone_waits_for_the_lock(client: &Client) -> bool {
-    eventually(WAIT, || async {
-        count(
-            client,
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'",
-        )
-        .await
-            == 1
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_change_waits_for_routing_in_progress_and_then_sees_its_delivery() {
     for (change, refused_with) in CHANGES {
@@ -64,7 +49,7 @@ async fn a_change_waits_for_routing_in_progress_and_then_sees_its_delivery() {
         let changer = db.connect().await;
         let changing = tokio::spawn(async move { changer.batch_execute(change).await });
         assert!(
-            someone_waits_for_the_lock(&db.client).await,
+            advisory_lock_waiters(&db.client, 1).await,
             "{change}: went ahead while routing to the endpoint was not committed"
         );
         assert!(!changing.is_finished());
@@ -153,7 +138,7 @@ async fn recovering_messages_for_an_endpoint_and_moving_it_exclude_each_other() 
             .batch_execute("UPDATE outbox.endpoints SET tenant_id = 'globex' WHERE id = 'e'")
             .await
     });
-    assert!(someone_waits_for_the_lock(&db.client).await);
+    assert!(advisory_lock_waiters(&db.client, 1).await);
     recovering.commit().await.unwrap();
     let error = moving.await.unwrap().unwrap_err();
     assert_eq!(

@@ -1,7 +1,6 @@
 //! Operating outboxd: metrics, probes, SQL status and controls, events,
 //! retention.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use outboxd::config::Retention;
@@ -11,25 +10,6 @@ use outboxd::signature::Secret;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn get(url: &str) -> (u16, String) {
-    // reqwest is built without a default crypto provider (see Deliverer).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    match reqwest::get(url).await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.text().await.unwrap_or_default())
-        }
-        Err(error) => (0, error.to_string()),
-    }
-}
 
 /// The value of one sample line in Prometheus text, 0 when absent.
 fn sample(metrics: &str, prefix: &str) -> f64 {

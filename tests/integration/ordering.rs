@@ -318,17 +318,7 @@ async fn concurrent_producers_of_one_key_are_delivered_in_id_order() {
             .unwrap();
     });
     // The second producer waits for the first (same key) to commit.
-    assert!(
-        eventually(WAIT, || async {
-            let waiting: i64 = count(
-                &db.client,
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'",
-            )
-            .await;
-            waiting == 1
-        })
-        .await
-    );
+    assert!(advisory_lock_waiters(&db.client, 1).await);
     assert!(!inserting.is_finished());
     tx.commit().await.unwrap();
     inserting.await.unwrap();

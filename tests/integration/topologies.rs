@@ -4,7 +4,6 @@
 //! URL with `target_session_attrs=read-write`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use outboxd::config::DatabaseUrl;
@@ -12,25 +11,6 @@ use outboxd::embedded::postgres::{Options, TempPostgres};
 use outboxd::signature::Secret;
 
 use crate::common::*;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn get(url: &str) -> (u16, String) {
-    // reqwest is built without a default crypto provider (see Deliverer).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    match reqwest::get(url).await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.text().await.unwrap_or_default())
-        }
-        Err(error) => (0, error.to_string()),
-    }
-}
 
 async fn start_cluster(options: Options) -> TempPostgres {
     tokio::task::spawn_blocking(move || TempPostgres::start(&options))

@@ -353,3 +353,40 @@ pub async fn ok_receiver(secret: Option<&Secret>) -> Receiver {
 }
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A loopback address nothing listens on yet (for an admin server).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `GET url`: the status and body, or status 0 and the error when nothing
+/// answered.
+pub async fn get(url: &str) -> (u16, String) {
+    // reqwest is built without a default crypto provider (see Deliverer).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match reqwest::get(url).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(error) => (0, error.to_string()),
+    }
+}
+
+/// Waits (bounded by [`WAIT`]) until exactly `sessions` sessions of this
+/// test's database wait for an advisory lock; says whether they did.
+pub async fn advisory_lock_waiters(client: &Client, sessions: i64) -> bool {
+    eventually(WAIT, || async {
+        count(
+            client,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event = 'advisory' AND datname = current_database()",
+        )
+        .await
+            == sessions
+    })
+    .await
+}

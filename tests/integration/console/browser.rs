@@ -11,7 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use super::{TOKEN, fixture, free_addr};
+use super::{TOKEN, fixture};
 use crate::common::*;
 
 /// chromedriver on a free loopback port, stopped when dropped.

@@ -3,8 +3,6 @@
 
 mod browser;
 
-use std::net::SocketAddr;
-
 use outboxd::signature::Secret;
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
@@ -15,13 +13,6 @@ pub const TOKEN: &str = "console-token-for-tests-0123456789";
 /// Values that must never appear on a page.
 pub const HEADER_VALUE: &str = "Bearer header-value-never-shown";
 pub const URL_TOKEN: &str = "url-token-never-shown";
-
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A database with two endpoints of tenant acme: `billing`, whose receiver
 /// always fails (its delivery of `order-1001` dies), and `shipping`, which
